@@ -1,0 +1,67 @@
+"""Configs of the three SVD networks.
+
+Field names are the keys of the official config.json files, so a config is built straight from one
+(`UNetConfig.from_json_dict(json.load(f))`); defaults are the released
+stabilityai/stable-video-diffusion-img2vid values.
+"""
+from dataclasses import dataclass, fields
+
+
+class JSONConfig:
+    @classmethod
+    def from_json_dict(cls, d):
+        """Build from a config.json dict, keeping the keys this config knows (lists become tuples)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+
+@dataclass
+class VAEConfig(JSONConfig):
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple = ("DownEncoderBlock2D",) * 4
+    block_out_channels: tuple = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    sample_size: int = 768
+    scaling_factor: float = 0.18215
+    force_upcast: bool = True
+
+
+@dataclass
+class UNetConfig(JSONConfig):
+    sample_size: int = 96
+    in_channels: int = 8
+    out_channels: int = 4
+    down_block_types: tuple = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)
+    up_block_types: tuple = ("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3
+    block_out_channels: tuple = (320, 640, 1280, 1280)
+    addition_time_embed_dim: int = 256
+    projection_class_embeddings_input_dim: int = 768
+    # these four may be one int for every level or a tuple with one entry per level
+    layers_per_block: int | tuple = 2
+    cross_attention_dim: int | tuple = 1024
+    transformer_layers_per_block: int | tuple = 1
+    num_attention_heads: int | tuple = (5, 10, 20, 20)
+    num_frames: int = 14  # 25 for the -xt release (see FRAMES_PER_RELEASE)
+
+
+@dataclass
+class CLIPConfig(JSONConfig):
+    hidden_size: int = 1280
+    intermediate_size: int = 5120
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    patch_size: int = 14
+    image_size: int = 224
+    projection_dim: int = 1024
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu"  # exact GELU for SVD; "quick_gelu" for the original OpenAI CLIP models
+
+
+# The two official releases differ only in the number of frames the UNet was trained on.
+FRAMES_PER_RELEASE = {
+    "stabilityai/stable-video-diffusion-img2vid": 14,
+    "stabilityai/stable-video-diffusion-img2vid-xt": 25,
+}
