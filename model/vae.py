@@ -60,8 +60,11 @@ class TemporalDecoder(nn.Module):
         super().__init__()
         ch = tuple(reversed(cfg.block_out_channels))
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
-        self.mid_block = container(resnets=nn.ModuleList([video_res_block(ch[0], ch[0]) for _ in range(2)]),
-                                   attentions=nn.ModuleList([ImageAttention(ch[0])]))
+        # The checkpoint layout has layers_per_block res blocks here but one attention; the forward pass
+        # interleaves them (resnet, attention, resnet) and, for the released layers_per_block=2, uses all.
+        self.mid_block = container(
+            resnets=nn.ModuleList([video_res_block(ch[0], ch[0]) for _ in range(cfg.layers_per_block)]),
+            attentions=nn.ModuleList([ImageAttention(ch[0])]))
         self.up_blocks = nn.ModuleList()
         for i, c in enumerate(ch):
             c_in = ch[max(i - 1, 0)]
@@ -74,8 +77,9 @@ class TemporalDecoder(nn.Module):
 
     def forward(self, z, num_frames):
         x = self.conv_in(z)
-        mid = self.mid_block
-        x = mid.resnets[1](mid.attentions[0](mid.resnets[0](x, None, num_frames)), None, num_frames)
+        x = self.mid_block.resnets[0](x, None, num_frames)
+        for attention, resnet in zip(self.mid_block.attentions, self.mid_block.resnets[1:]):
+            x = resnet(attention(x), None, num_frames)
         for block in self.up_blocks:
             for resnet in block.resnets:
                 x = resnet(x, None, num_frames)

@@ -1,0 +1,149 @@
+"""Load Stable Video Diffusion img2vid into our networks, straight from the official safetensors files.
+
+    svd = load_svd("stabilityai/stable-video-diffusion-img2vid")   # hub repo id (gated: accept the licence)
+    svd = load_svd("/path/to/local/copy", variant=None)            # local directory, same layout
+    svd = tiny_svd()                                               # small random networks, for tests only
+
+The official repos are in the diffusers layout: `unet/`, `vae/` and `image_encoder/`, each with a
+config.json and the weights (`*.fp16.safetensors` for variant "fp16", `*.safetensors` for variant None).
+Our parameter names are the files' keys, so loading is a strict copy with every key and shape checked.
+Only the three configs and three weight files are downloaded. Hub access goes through huggingface_hub,
+which honours HF_TOKEN (or a saved `hf auth login`), HF_HOME and HF_HUB_OFFLINE.
+"""
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
+                                    LocalEntryNotFoundError, RepositoryNotFoundError)
+from safetensors import SafetensorError, safe_open
+
+from model import VAE, CLIPConfig, CLIPImageEncoder, UNet, UNetConfig, VAEConfig
+
+DEFAULT_MODEL = "stabilityai/stable-video-diffusion-img2vid"
+
+# folder: (network, its config, the class name its config.json declares, weights file stem)
+COMPONENTS = {
+    "unet": (UNet, UNetConfig, "UNetSpatioTemporalConditionModel", "diffusion_pytorch_model"),
+    "vae": (VAE, VAEConfig, "AutoencoderKLTemporalDecoder", "diffusion_pytorch_model"),
+    "image_encoder": (CLIPImageEncoder, CLIPConfig, "CLIPVisionModelWithProjection", "model"),
+}
+IGNORED_KEYS = {"vision_model.embeddings.position_ids"}  # a constant buffer that older CLIP files carry
+
+
+class WeightsError(Exception):
+    """A model could not be found or its files do not match our networks (the message says which)."""
+
+
+@dataclass
+class SVD:
+    """The three networks of SVD img2vid; each keeps its config as `.config`."""
+    vae: VAE
+    unet: UNet
+    image_encoder: CLIPImageEncoder
+    source: str  # hub repo id, local directory, or "tiny"
+
+    @property
+    def untrained(self):
+        return self.source == "tiny"
+
+
+def fetch(source, relpath):
+    """Local path of `relpath` inside a model directory or hub repo, downloading it if needed."""
+    if Path(source).is_dir():
+        path = Path(source) / relpath
+        if not path.is_file():
+            raise WeightsError(f"missing file {path}")
+        return path
+    try:
+        return Path(hf_hub_download(repo_id=source, filename=relpath))
+    except GatedRepoError:
+        raise WeightsError(f"{source} is gated: accept its licence at https://huggingface.co/{source}, then log in "
+                           f"with `hf auth login` or set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise WeightsError(f"unknown model {source!r}: not a local directory nor a hub repo you can access "
+                           f"(for a private repo, log in with `hf auth login` or set HF_TOKEN)") from None
+    except HFValidationError:
+        raise WeightsError(f"unknown model {source!r}: not a local directory nor a hub repo id") from None
+    except LocalEntryNotFoundError:
+        raise WeightsError(f"{source}/{relpath} is not in the local hub cache and the hub cannot be reached "
+                           f"(offline, or HF_HUB_OFFLINE is set)") from None
+    except EntryNotFoundError:
+        raise WeightsError(f"{source} has no file {relpath}") from None
+    except HfHubHTTPError as e:
+        raise WeightsError(f"could not download {source}/{relpath}: {str(e).splitlines()[0]}") from None
+
+
+def read_config(source, folder):
+    network, config_class, class_name, _ = COMPONENTS[folder]
+    path = fetch(source, f"{folder}/config.json")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not a readable config.json ({e})") from None
+    declared = d.get("_class_name") or (d.get("architectures") or [class_name])[0]
+    if declared != class_name:
+        raise WeightsError(f"{path} describes a {declared}, not SVD's {class_name}")
+    try:
+        return config_class.from_json_dict(d)
+    except TypeError as e:
+        raise WeightsError(f"{path}: {e}") from None
+
+
+def short_list(keys, n=5):
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_network(source, folder, variant, dtype, device):
+    """Build one network on the meta device and fill it from its safetensors file, checking every key."""
+    network, _, _, stem = COMPONENTS[folder]
+    config = read_config(source, folder)
+    filename = f"{folder}/{stem}.{variant}.safetensors" if variant else f"{folder}/{stem}.safetensors"
+    path = fetch(source, filename)
+    with torch.device("meta"):
+        model = network(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys()) - IGNORED_KEYS
+            missing, unexpected = expected.keys() - keys, keys - expected.keys()
+            if missing or unexpected:
+                problems = [f"missing keys: {short_list(missing)}"] * bool(missing)
+                problems += [f"unexpected keys: {short_list(unexpected)}"] * bool(unexpected)
+                raise WeightsError(f"{path} does not match {network.__name__}: " + "; ".join(problems))
+            for k in sorted(keys):  # tensor by tensor, so at most one extra copy is alive
+                shape = tuple(f.get_slice(k).get_shape())
+                if shape != tuple(expected[k]):
+                    raise WeightsError(f"{path}: {k} has shape {shape}, {network.__name__} expects {tuple(expected[k])}")
+                state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)  # frozen: the attack needs gradients for the image only
+
+
+def load_svd(source=DEFAULT_MODEL, variant="fp16", dtype=torch.float32, device="cpu"):
+    """The three SVD networks from a hub repo id or a local directory in the official layout."""
+    networks = {folder: load_network(str(source), folder, variant, dtype, device) for folder in COMPONENTS}
+    return SVD(source=str(source), **networks)
+
+
+def tiny_svd(seed=0, dtype=torch.float32, device="cpu"):
+    """Small seeded RANDOM networks with SVD's structure, for tests and teaching. Untrained: protects nothing."""
+    warnings.warn("tiny_svd: random untrained networks; their videos mean nothing and protection with them "
+                  "protects nothing", stacklevel=2)
+    unet = UNetConfig(block_out_channels=(32, 32, 64, 64), num_attention_heads=(1, 1, 2, 2), cross_attention_dim=64,
+                      addition_time_embed_dim=8, projection_class_embeddings_input_dim=24, num_frames=6)
+    vae = VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1)
+    clip = CLIPConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      patch_size=32, projection_dim=64)  # image_size stays 224, as the pipeline feeds it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        networks = dict(vae=VAE(vae), unet=UNet(unet), image_encoder=CLIPImageEncoder(clip))
+    networks = {k: m.to(device=device, dtype=dtype).eval().requires_grad_(False) for k, m in networks.items()}
+    return SVD(source="tiny", **networks)
