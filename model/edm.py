@@ -7,7 +7,7 @@ import torch
 
 
 def karras_sigmas(n, sigma_min=0.002, sigma_max=700.0, rho=7.0):
-    """EDM eq. 5: n noise levels from sigma_max down to sigma_min, evenly spaced in sigma^(1/rho), then sigma_N = 0; float64 (n+1,)."""
+    """EDM eq. 5: n noise levels from sigma_max to sigma_min, evenly spaced in sigma^(1/rho), then 0; float64 (n+1,)."""
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
@@ -38,6 +38,6 @@ def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_ma
 
 
 def euler_step(x, denoised, sigma, sigma_next):
-    """One Euler step of the probability-flow ODE (EDM Algorithm 1 without the Heun correction): dx/dsigma = (x - D)/sigma."""
+    """One Euler step of the probability-flow ODE dx/dsigma = (x - D)/sigma (EDM Algorithm 1, no Heun correction)."""
     d = (x - denoised) / sigma
     return x + d * (sigma_next - sigma)

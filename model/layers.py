@@ -122,7 +122,7 @@ class Attention(nn.Module):
     """Multi-head attention of `x` (N, L, dim) over itself or over `context` (N, L', context_dim).
 
     Uses scaled_dot_product_attention; with return_probs=True it also returns the attention
-    probabilities softmax(QK^T/sqrt(d)) (N, heads, L, L'), computed explicitly in float32.
+    probabilities softmax(QK^T/sqrt(d)) (N, heads, L, L'), computed explicitly in float32 or wider.
     """
 
     def __init__(self, dim, heads, head_dim, context_dim=None, bias=False):
@@ -140,7 +140,8 @@ class Attention(nn.Module):
                    for p, s in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
         probs = None
         if return_probs:
-            probs = (q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+            acc = torch.promote_types(q.dtype, torch.float32)  # the probabilities in float32 at least
+            probs = (q.to(acc) @ k.to(acc).transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
             out = probs.to(v.dtype) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)

@@ -20,3 +20,8 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    # tiny_svd warns loudly that it is untrained; tests use it on purpose
+    config.addinivalue_line("filterwarnings", "ignore:tiny_svd:UserWarning")

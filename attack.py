@@ -1,0 +1,393 @@
+"""I2VGuard: protect a photo from being animated by Stable Video Diffusion (CVPR 2025, Algorithm 1).
+
+Adds a perturbation of at most --eps per pixel and channel that makes SVD produce a degraded,
+incoherent video from the photo. It attacks three things at once (paper Eq. 1-4, losses.py):
+  spatial    L_enc: the VAE latent of the photo is pulled to that of a black image;
+  temporal   L_att: the temporal self-attention maps of the UNet are pushed away from the source's;
+  diffusion  L_con: the denoiser's predicted clean frames move to black frames and away from the
+             video SVD makes of the clean photo.
+The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it.
+
+example: python attack.py --image examples/astronaut.png
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
+from metrics import psnr, ssim
+from model.edm import denoise, karras_sigmas
+from sample import (added_time_ids, clip_embedding, fail, generate, image_latents, load_image, load_model,
+                    save_video, write_atomically)
+from weights import DEFAULT_MODEL, WeightsError
+
+# The adversary's pipeline settings the attack optimises against (the reference pipeline's defaults).
+FPS, MOTION_BUCKET_ID, NOISE_AUG = 7, 127, 0.02
+# A: the temporal self-attention of the last downsampling level that has attention (both its layers).
+ATTN_BLOCKS = ("down_blocks.2.attentions.0", "down_blocks.2.attentions.1")
+TERMS = ("img", "enc", "con", "att")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def to_model_input(I, size):
+    """Photo (N,3,H0,W0) in [0,1] -> (N,3,H,W) in [-1,1] at the model resolution. A differentiable
+    stand-in for the pipeline's Lanczos resize: bicubic with antialiasing."""
+    if tuple(I.shape[-2:]) != tuple(size):
+        I = F.interpolate(I, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return I * 2 - 1
+
+
+def encode_frames(vae, V):
+    """Frames (F,3,H,W) in [-1,1] -> denoiser latents (F,4,H/8,W/8): posterior means times the scaling factor."""
+    dtype = next(vae.parameters()).dtype
+    return torch.cat([vae.encode(v[None].to(dtype))[0] for v in V]).float() * vae.config.scaling_factor
+
+
+class Objective:
+    """The inputs of Algorithm 1 that stay fixed while I_adv changes, and the loss terms as a function of I_adv.
+
+    Latents are compared where they live: the conditioning latents x (what the pipeline concatenates to
+    the UNet input) are unscaled posterior means; the denoiser latents X are scaled by the VAE's
+    scaling factor.
+    """
+
+    def __init__(self, svd, I_src, terms, *, num_frames, size, tau1, tau2, attn_blocks, sample_steps, seed,
+                 progress=False):
+        self.svd, self.terms, self.size, self.tau1, self.tau2 = svd, terms, size, tau1, tau2
+        self.attn_blocks, self.I_src = attn_blocks, I_src
+        self.dtype = next(svd.unet.parameters()).dtype
+        device = I_src.device
+        # The adversary's sampler visits these noise levels; each iteration attacks one of them.
+        self.sigmas = karras_sigmas(sample_steps)[:-1].tolist()
+        self.time_ids = added_time_ids(FPS, MOTION_BUCKET_ID, NOISE_AUG).to(device, self.dtype)  # (1, 3)
+        self.X_0 = self.X_tg = None  # needed by L_con and L_att only
+        with torch.no_grad():
+            I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
+            # Encode image: x_src, x_tg = E(I_src), E(I_tg)
+            self.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)  # (1, 4, h, w)
+            self.x_tg = image_latents(svd.vae, to_model_input(I_tg, size), 0.0, 0.0)
+            self.c_src = clip_embedding(svd.image_encoder, I_src * 2 - 1)  # (1, 1, D)
+            if "con" in terms or "att" in terms:
+                # Generate original video V_0 = P(I_src)
+                V_0 = generate(svd, to_model_input(I_src, size)[0], num_frames=num_frames, steps=sample_steps,
+                               fps=FPS, motion_bucket_id=MOTION_BUCKET_ID, noise_aug_strength=NOISE_AUG,
+                               seed=seed, progress=progress)  # (F, 3, H, W)
+                # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
+                self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
+                self.X_tg = encode_frames(svd.vae, -torch.ones_like(V_0[:1]))[None].expand_as(self.X_0)
+
+    def draw(self, generator):
+        """Fresh randomness for one iteration: the pipeline's noise-augmentation noise, a noise level sigma
+        drawn uniformly from the adversary's sampling schedule, and the noise of X_t."""
+        aug = torch.randn((1, 3, *self.size), generator=generator)
+        sigma = self.sigmas[torch.randint(len(self.sigmas), (), generator=generator)]
+        noise = torch.randn(self.X_0.shape, generator=generator) if self.X_0 is not None else None
+        return aug, sigma, noise
+
+    def __call__(self, I_adv, draw):
+        """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on."""
+        svd, (aug, sigma, noise) = self.svd, draw
+        terms = {"img": image_loss(I_adv, self.I_src)}
+        # Encode attacked image x_adv = E(I_adv), through the pipeline's noise augmentation
+        x_adv = image_latents(svd.vae, to_model_input(I_adv, self.size), NOISE_AUG, aug.to(I_adv))
+        if "enc" in self.terms:
+            terms["enc"] = encoder_loss(x_adv, self.x_tg)
+        if "con" not in self.terms and "att" not in self.terms:
+            return terms
+
+        # I_adv reaches the denoiser through both conditioning paths: VAE latents and CLIP embedding
+        c_adv = clip_embedding(svd.image_encoder, I_adv * 2 - 1)
+        frames = self.X_0.shape[1]
+        # Generate noisy frames X_t = S(X_0) = X_0 + sigma * noise
+        X_t = (self.X_0 + sigma * noise.to(self.X_0)).to(self.dtype)  # (1, F, 4, h, w)
+        blocks = self.attn_blocks if "att" in self.terms else ()
+
+        def predict(x, c, attn_maps):
+            latents = x.to(self.dtype)[:, None].expand(-1, frames, -1, -1, -1)  # (1, F, 4, h, w)
+            return denoise(svd.unet, X_t, sigma, latents, c.to(self.dtype), self.time_ids, attn_maps)
+
+        # Predict X_0: X0_adv = G(X_t, x_adv, c_adv), with the attention maps A_adv
+        X0_adv, A_adv = predict(x_adv, c_adv, blocks)
+        if "con" in self.terms:
+            terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
+        if "att" in self.terms:
+            with torch.no_grad():  # the source pass: only its maps A_src are used
+                _, A_src = predict(self.x_src, self.c_src, blocks)
+            terms["att"] = attention_loss(A_adv, A_src, self.tau2)
+        return terms
+
+
+def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
+            update="sign", alpha=1.0, beta=1.0, gamma=1.0, tau1=0.5, tau2=0.5, num_frames=None, size=(576, 1024),
+            attn_blocks=ATTN_BLOCKS, sample_steps=25, seed=0, progress=False):
+    """Algorithm 1: the source photo I_src (3,H0,W0) in [0,1] -> (I_adv (3,H0,W0) in [0,1], per-step log).
+
+    method "photoguard" keeps only L_enc (the encoder attack); "random" returns uniform-sign noise of
+    size eps (same L_inf) without optimising. `mask` (H0,W0) of 0/1 limits the perturbation (local attack).
+    The weights used are alpha, beta, gamma divided by the mean absolute gradient of their term at the
+    first step, so that the terms start on a similar scale (paper Sec. 4.1) whatever their units.
+    """
+    unknown = set(attn_blocks) - set(svd.unet.attention_names)
+    if unknown:
+        raise ValueError(f"no temporal attention named {sorted(unknown)}")
+    terms = {"i2vguard": tuple(terms), "photoguard": ("img", "enc"), "random": ()}[method]
+    generator = torch.Generator().manual_seed(seed)
+    I_src = I_src[None].float()  # (1, 3, H0, W0)
+    m = torch.ones_like(I_src[:, :1]) if mask is None else mask.to(I_src)[None, None]  # (1, 1, H0, W0)
+    # Random start inside the budget: at I_adv = I_src, A_adv = A_src, where ||A_adv - A_src||^2 has zero gradient.
+    delta = ((torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m)
+    if method == "random":
+        return (I_src + eps * delta.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
+
+    objective = Objective(svd, I_src, terms, num_frames=num_frames or svd.unet.config.num_frames, size=size,
+                          tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
+                          progress=progress)
+    factors, weights, log = {"enc": alpha, "con": beta, "att": gamma}, None, []
+    bar = tqdm(range(steps), desc="protecting", disable=not progress)
+    for _ in bar:
+        I_adv = (I_src + delta).clamp(0, 1).requires_grad_()
+        values = objective(I_adv, objective.draw(generator))
+        if weights is None:
+            # First step: scale alpha, beta, gamma so that each term's gradient starts at the same mean size.
+            weights = {name: 0.0 for name in factors}
+            for name in factors.keys() & values.keys():
+                g, = torch.autograd.grad(values[name], I_adv, retain_graph=True)
+                weights[name] = factors[name] / max(g.abs().mean().item(), 1e-30)
+        # Compute the final loss L (Eq. 4)
+        L = total_loss(values, weights["enc"], weights["con"], weights["att"])
+        grad, = torch.autograd.grad(L, I_adv)
+        # Update I_adv <- I_adv - lambda * grad L (or its sign), then project onto the eps-ball and [0, 1]
+        with torch.no_grad():
+            step = grad.sign() if update == "sign" else grad
+            delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
+        log.append({name: value.item() for name, value in values.items()} | {"total": L.item()})
+        bar.set_postfix({name: f"{value:.4g}" for name, value in log[-1].items()})
+    return (I_src + delta)[0], {"weights": weights, "steps": log}
+
+
+# ---------------------------------------------------------------- photo files
+def read_photo(path):
+    """A photo file -> (RGB uint8 (3,H,W), alpha uint8 (H,W) or None, ICC profile), EXIF orientation applied."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        icc = im.info.get("icc_profile")
+        alpha = None
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            im = im.convert("RGBA")
+            alpha = np.asarray(im.getchannel("A"))
+        rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W)
+    return rgb, alpha, icc
+
+
+def read_mask(path, shape):
+    """A mask image of the photo's size -> (H,W) float of 0/1; pixels brighter than mid-grey are protected."""
+    with Image.open(path) as im:
+        mask = np.asarray(ImageOps.exif_transpose(im).convert("L")) > 127
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the photo {shape[1]}x{shape[0]}")
+    return torch.from_numpy(mask).float()
+
+
+def quantise(src8, I_adv, eps, mask):
+    """The guarded photo in 8 bits: src8 moved by at most floor(255 eps) levels, and not at all outside the mask."""
+    q = math.floor(eps * 255 + 1e-6)
+    d = (I_adv.cpu() * 255 - src8.float()).round().clamp(-q, q)
+    if mask is not None:
+        d = d * mask
+    return (src8.float() + d).clamp(0, 255).to(torch.uint8)
+
+
+def save_photo(path, rgb8, alpha, icc):
+    """Write (3,H,W) uint8 (+ alpha) as a PNG, atomically."""
+    array = rgb8.permute(1, 2, 0).numpy()
+    im = Image.fromarray(np.dstack([array, alpha]) if alpha is not None else array)
+    write_atomically(path, lambda tmp: im.save(tmp, format="PNG", **({"icc_profile": icc} if icc else {})))
+
+
+def preview(svd, source_path, guarded_path, out_path, size, num_frames, seed, steps):
+    """Videos from the source photo and from the saved guarded photo, same seed, as the adversary would
+    make them; a side-by-side GIF: photos on top, their videos below."""
+    videos = []
+    for path in (source_path, guarded_path):
+        image = load_image(path, size)
+        videos.append((image, generate(svd, image, num_frames=num_frames, steps=steps, seed=seed).cpu()))
+    for (_, frames), suffix in zip(videos, (".before.gif", ".after.gif")):
+        save_video(frames, out_path.with_suffix(suffix), FPS)
+    (src, V_src), (adv, V_adv) = videos
+    top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
+    grid = torch.stack([torch.cat([top, torch.cat([a, b], dim=-1)], dim=-2) for a, b in zip(V_src, V_adv)])
+    save_video(grid, out_path.with_suffix(".preview.gif"), FPS)  # (F, 3, 2H, 2W)
+
+
+# ---------------------------------------------------------------- command line
+def fraction(text):
+    """'8/255' or '0.03' -> float."""
+    try:
+        num, _, den = text.partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+
+
+def list_photos(paths):
+    photos = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            photos += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and ".guarded" not in f.name)
+        else:
+            photos.append(p)
+    return photos
+
+
+def output_path(photo, out, several):
+    if out is None:
+        return photo.with_name(f"{photo.stem}.guarded.png")
+    return Path(out) / f"{photo.stem}.guarded.png" if several else Path(out)
+
+
+def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
+    """The loss terms left after the ablations of Table 1."""
+    dropped = {"enc": no_spatial, "att": no_temporal, "con": no_diffusion}
+    return tuple(name for name in TERMS if not dropped.get(name))
+
+
+def protect_file(svd, photo, out, args, terms):
+    """Protect one photo file: returns the report written beside `out`."""
+    if out.resolve() == photo.resolve():
+        raise ValueError("the output path is the input photo; refusing to overwrite it")
+    try:
+        rgb8, alpha, icc = read_photo(photo)
+    except OSError as e:
+        raise ValueError(f"cannot read {photo} as an image ({e})") from None
+    mask = read_mask(args.mask, rgb8.shape[-2:]) if args.mask else None
+    device = next(svd.unet.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    I_adv, history = protect(svd, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
+                         mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
+                         step_size=args.step_size, update=args.update, alpha=args.alpha, beta=args.beta,
+                         gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
+                         size=(args.height, args.width), attn_blocks=args.attn_blocks,
+                         sample_steps=args.sample_steps, seed=args.seed, progress=True)
+    guarded8 = quantise(rgb8, I_adv, args.eps, mask)
+    save_photo(out, guarded8, alpha, icc)
+    wall = time.perf_counter() - start
+    a, b = rgb8.float() / 255, guarded8.float() / 255
+    report = {
+        "input": str(photo), "output": str(out), "model": svd.source, "untrained_model": svd.untrained,
+        "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("image", "out")},
+        "psnr_db": psnr(a, b), "ssim": ssim(a, b), "linf": (a - b).abs().max().item(),
+        "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
+        "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
+    }
+    if args.preview:
+        preview(svd, photo, out, out, (args.height, args.width), args.frames, args.seed, args.sample_steps)
+    write_atomically(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+    return report
+
+
+def peak_memory(device):
+    """Peak memory of this run: CUDA max allocated, or the process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def main(argv=None):
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
+    p.add_argument("--out", help="output PNG (one photo) or folder (several); default: <photo>.guarded.png beside each")
+    p.add_argument("--mask", help="protect only where this image (same size as the photo) is brighter than mid-grey")
+    p.add_argument("--method", choices=["i2vguard", "photoguard", "random"], default="i2vguard",
+                   help="i2vguard, the encoder-only baseline, or random noise of the same L_inf")
+    p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
+    p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
+    p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
+    p.add_argument("--steps", type=int, default=50, help="attack iterations")
+    p.add_argument("--eps", type=fraction, default=8 / 255, help="L_inf budget in [0,1] pixel units, e.g. 8/255")
+    p.add_argument("--step-size", type=fraction, default=1 / 255, help="lambda, the step size of each update")
+    p.add_argument("--update", choices=["sign", "gradient"], default="sign",
+                   help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of L_enc, relative to its first-step gradient")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of L_con, relative to its first-step gradient")
+    p.add_argument("--gamma", type=float, default=1.0, help="weight of L_att, relative to its first-step gradient")
+    p.add_argument("--tau1", type=float, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
+    p.add_argument("--tau2", type=float, default=0.5, help="offset of L_att (does not change the gradient)")
+    p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=ATTN_BLOCKS,
+                   help="comma-separated UNet transformer names whose temporal attention maps are attacked")
+    p.add_argument("--frames", type=int, help="video frames (default: the model's num_frames)")
+    p.add_argument("--height", type=int, default=576, help="the adversary's model resolution, a multiple of 8")
+    p.add_argument("--width", type=int, default=1024, help="the adversary's model resolution, a multiple of 8")
+    p.add_argument("--sample-steps", type=int, default=25, help="sampling steps of V_0 and the preview videos")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random start, noise draws and videos")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id, local folder in the official layout, "
+                   "or 'tiny' (untrained random weights: protects nothing, for tests)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
+    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF")
+    args = p.parse_args(argv)
+
+    if not 1 / 255 <= args.eps <= 1:
+        fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
+    if args.step_size <= 0 or args.steps < 1 or args.sample_steps < 1 or (args.frames is not None and args.frames < 1):
+        fail("--step-size, --steps, --sample-steps and --frames must be positive")
+    if args.height <= 0 or args.width <= 0 or args.height % 8 or args.width % 8:
+        fail(f"--height and --width must be positive multiples of 8, got {args.height}x{args.width}")
+    if args.mask and not Path(args.mask).is_file():
+        fail(f"no such mask file: {args.mask}")
+    photos = list_photos(args.image)
+    missing = [str(p) for p in photos if not p.is_file()]
+    if missing or not photos:
+        fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
+    several = len(photos) > 1
+    folder = Path(args.out) if several and args.out else Path(args.out or photos[0]).parent
+    if several and args.out:
+        folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        fail(f"cannot write to {folder}")
+    terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    try:
+        svd = load_model(args.model, device, dtype)
+    except WeightsError as e:
+        fail(str(e))
+    unknown = set(args.attn_blocks) - set(svd.unet.attention_names)
+    if unknown:
+        fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")
+
+    failures = []
+    for photo in photos:
+        out = output_path(photo, args.out, several)
+        try:
+            report = protect_file(svd, photo, out, args, terms)
+            print(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
+                  f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s", file=sys.stderr)
+        except (ValueError, OSError) as e:
+            failures.append(f"{photo}: {e}")
+            print(f"attack.py: error: {photo}: {e}", file=sys.stderr)
+    if several:
+        print(f"{len(photos) - len(failures)} of {len(photos)} photos protected", file=sys.stderr)
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

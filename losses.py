@@ -1,0 +1,46 @@
+"""The I2VGuard objective, term by term (paper Eq. 1-4).
+
+Reduction: every squared norm ||a - b||^2 here is the MEAN of the squared differences over all
+elements, so a term's size does not depend on the resolution, the number of frames or heads; the
+weights alpha, beta, gamma carry the scale (attack.py sets them from the first step's values).
+"""
+
+
+def mean_sq(a, b):
+    """||a - b||^2 as a mean over elements, in float32."""
+    return (a.float() - b.float()).pow(2).mean()
+
+
+def image_loss(I_adv, I_src):
+    """The fidelity term of Eq. 4, ||I_adv - I_src||^2: keeps the guarded photo close to the source."""
+    return mean_sq(I_adv, I_src)
+
+
+def encoder_loss(x_adv, x_tg):
+    """Eq. 1, L_enc = ||E(I_adv) - E(I_tg)||^2 (spatial attack): pulls the photo's VAE latent to the target's."""
+    return mean_sq(x_adv, x_tg)
+
+
+def contrastive_loss(X0_adv, X_tg, X_0, tau1):
+    """Eq. 3, L_con = ||X0_adv - X_tg||^2 + max(0, tau1 - ||X0_adv - X_0||^2) (diffusion attack): the
+    denoiser's predicted clean frames move towards the target frames and at least tau1 away from the
+    original video's frames."""
+    return mean_sq(X0_adv, X_tg) + (tau1 - mean_sq(X0_adv, X_0)).clamp(min=0)
+
+
+def attention_distance(A_adv, A_src):
+    """||A_adv - A_src||^2 averaged over the attacked blocks; A_* map block names to attention probabilities."""
+    return sum(mean_sq(A_adv[name], A_src[name]) for name in A_src) / len(A_src)
+
+
+def attention_loss(A_adv, A_src, tau2):
+    """Eq. 2, L_att = tau2 - ||A_adv - A_src||^2 (temporal attack): pushes the temporal self-attention maps
+    away from the source's. tau2 only offsets the value; it does not change the gradient."""
+    return tau2 - attention_distance(A_adv, A_src)
+
+
+def total_loss(terms, alpha, beta, gamma):
+    """Eq. 4, L = ||I_adv - I_src||^2 + alpha L_enc + beta L_con + gamma L_att, over the terms present
+    (an ablated term is absent and contributes nothing)."""
+    weights = {"img": 1.0, "enc": alpha, "con": beta, "att": gamma}
+    return sum(weights[name] * value for name, value in terms.items())

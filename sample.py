@@ -1,0 +1,294 @@
+"""Turn one image into a short video with Stable Video Diffusion (img2vid), as the reference pipeline does.
+
+Conditioning, the EDM Euler sampler with per-frame classifier-free guidance and the chunked decoding
+follow diffusers' StableVideoDiffusionPipeline step by step. The pieces the attack reuses (image IO,
+the CLIP resize, the two conditioning paths, `denoise`) keep their gradients; only `generate`, an
+entry point, turns them off.
+
+example: python sample.py --image photo.jpg --out video.gif --seed 0
+"""
+import argparse
+import os
+import random
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, features
+from tqdm import tqdm
+
+from model.edm import denoise, euler_step, karras_sigmas
+from weights import DEFAULT_MODEL, WeightsError, load_svd, tiny_svd
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
+
+
+# ---------------------------------------------------------------- image and video files
+def load_image(path, size=None):
+    """An image file -> (3,H,W) float32 in [-1,1]. EXIF orientation is applied and an alpha channel is
+    dropped (the colour under transparent pixels is kept), as the reference's image loading does, so
+    the model sees the RGB values a guarded photo carries. With size=(height, width) the image is
+    resized with Lanczos on its 8-bit pixels first, as the reference pipeline's preprocessing does."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)
+    return x * 2 - 1
+
+
+def to_uint8(frames):
+    """(F,3,H,W) in [-1,1] -> (F,H,W,3) uint8, rounded as the reference's PIL output is."""
+    return ((frames.float() / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_atomically(path, write):
+    """Run write(tmp) on a temporary file in path's folder, then rename it onto path: never a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_video(frames, path, fps):
+    """Frames (F,3,H,W) in [-1,1] -> a looping animated GIF or WebP, chosen by path's extension."""
+    images = [Image.fromarray(a) for a in to_uint8(frames)]
+    write_atomically(path, lambda tmp: images[0].save(
+        tmp, format=VIDEO_FORMATS[Path(path).suffix.lower()], save_all=True, append_images=images[1:],
+        duration=round(1000 / fps), loop=0))
+
+
+def frame_paths(folder, n):
+    return [Path(folder) / f"frame_{i:03d}.png" for i in range(n)]
+
+
+def save_frames(frames, folder):
+    """Frames (F,3,H,W) in [-1,1] -> folder/frame_000.png, frame_001.png, ..."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for a, path in zip(to_uint8(frames), frame_paths(folder, len(frames))):
+        write_atomically(path, lambda tmp: Image.fromarray(a).save(tmp, format="PNG"))
+
+
+# ---------------------------------------------------------------- conditioning (differentiable)
+def blur_last_axis(x, sigma):
+    """Gaussian blur along the last axis of (N,C,H,W): kernel int(max(4 sigma, 3)) taps made odd, reflect padding."""
+    taps = int(max(4 * sigma, 3)) | 1  # odd
+    t = torch.arange(taps, dtype=x.dtype, device=x.device) - taps // 2
+    kernel = torch.exp(-t**2 / (2 * sigma**2))
+    x = F.pad(x, (taps // 2, taps // 2, 0, 0), mode="reflect")
+    return x.unfold(-1, taps, 1) @ (kernel / kernel.sum())  # (N, C, H, W, taps) -> (N, C, H, W)
+
+
+def resize_for_clip(x, size=224):
+    """(N,C,H,W) -> (N,C,size,size), antialiased as SVD resizes for CLIP: a Gaussian blur with sigma =
+    max((factor - 1)/2, 0.001) per axis (skimage's rule), then bicubic with align_corners=True."""
+    h, w = x.shape[-2:]
+    x = blur_last_axis(x, max((w / size - 1) / 2, 0.001))
+    x = blur_last_axis(x.transpose(-1, -2), max((h / size - 1) / 2, 0.001)).transpose(-1, -2)
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True)
+
+
+def clip_embedding(image_encoder, image):
+    """CLIP path, on the clean image: (N,3,H,W) in [-1,1] -> image_embeds (N,1,D)."""
+    x = (resize_for_clip(image, image_encoder.config.image_size) + 1) / 2
+    mean, std = x.new_tensor(CLIP_MEAN).view(3, 1, 1), x.new_tensor(CLIP_STD).view(3, 1, 1)
+    pixels = ((x - mean) / std).to(next(image_encoder.parameters()).dtype)
+    return image_encoder(pixels).unsqueeze(1)  # (N, 1, D)
+
+
+def image_latents(vae, image, noise_aug_strength, noise):
+    """VAE path: the posterior mean of the noise-augmented image, NOT multiplied by the scaling factor:
+    (N,3,H,W) in [-1,1] -> (N,4,H/8,W/8)."""
+    mean, _ = vae.encode((image + noise_aug_strength * noise).to(next(vae.parameters()).dtype))
+    return mean
+
+
+def added_time_ids(fps, motion_bucket_id, noise_aug_strength, batch=1):
+    """SVD's micro-conditioning (B,3): [fps - 1, motion_bucket_id, noise_aug_strength]; SVD was trained on fps - 1."""
+    return torch.tensor([[fps - 1.0, motion_bucket_id, noise_aug_strength]]).repeat(batch, 1)
+
+
+def decode(vae, latents, chunk_size):
+    """Latents (F,4,h,w) -> frames (F,3,8h,8w) in [-1,1] (unclamped), chunk_size frames at a time, each
+    chunk decoded as a clip of its own length, as the reference does."""
+    z = (latents / vae.config.scaling_factor).to(next(vae.parameters()).dtype)
+    return torch.cat([vae.decode(chunk, num_frames=len(chunk)) for chunk in z.split(chunk_size)]).float()
+
+
+# ---------------------------------------------------------------- sampling
+def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False):
+    """EDM Algorithm 1 (Euler, no churn, Karras et al. 2022) from x at sigmas[0] to sigmas[-1] = 0.
+    cond = (image_latents (B,F,4,h,w), image_embeds (B,1,D), added_time_ids (B,3)). With guidance
+    (1,F,1,1,1), classifier-free guidance per frame against zero latents and a zero CLIP embedding:
+    D = D_uncond + w (D_cond - D_uncond), the same as guiding the network output since D is affine in it."""
+    latents, embeds, time_ids = cond
+    if guidance is not None:
+        latents = torch.cat([torch.zeros_like(latents), latents])
+        embeds = torch.cat([torch.zeros_like(embeds), embeds])
+        time_ids = torch.cat([time_ids, time_ids])
+    steps = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
+    for sigma, sigma_next in tqdm(steps, desc="denoising", disable=not progress):
+        if guidance is None:
+            D, _ = denoise(unet, x, sigma, latents, embeds, time_ids)
+        else:
+            D_uncond, D_cond = denoise(unet, torch.cat([x, x]), sigma, latents, embeds, time_ids)[0].chunk(2)
+            D = D_uncond + guidance * (D_cond - D_uncond)
+        x = euler_step(x, D, sigma, sigma_next)
+    return x
+
+
+def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=127, noise_aug_strength=0.02,
+             min_guidance=1.0, max_guidance=3.0, decode_chunk_size=None, noise=None, seed=None,
+             return_latents=False, progress=False):
+    """Image (3,H,W) in [-1,1] at model resolution -> frames (F,3,H,W) in [-1,1], or with return_latents
+    the final denoised latents (F,4,H/8,W/8), on the model's device.
+
+    noise is the unit-variance initial noise (F,4,H/8,W/8); otherwise it is drawn after the
+    noise-augmentation noise (the reference's order) from a CPU generator seeded with `seed`
+    (random when None): a seed gives the same video on any device, and the reference's video for
+    a CPU generator with that seed. Guidance runs only when max_guidance > 1, as in the reference.
+    """
+    if image.shape[-2] % 8 or image.shape[-1] % 8:
+        raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
+    num_frames = num_frames or svd.unet.config.num_frames
+    decode_chunk_size = decode_chunk_size or num_frames
+    param = next(svd.unet.parameters())
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    aug_noise = torch.randn(1, *image.shape, generator=generator)
+    image, aug_noise = image[None].to(param.device), aug_noise.to(param.device)  # (1, 3, H, W), float32
+
+    vae_dtype = next(svd.vae.parameters()).dtype
+    with torch.no_grad():
+        embeds = clip_embedding(svd.image_encoder, image).to(param.dtype)
+        if vae_dtype == torch.float16 and svd.vae.config.force_upcast:
+            svd.vae.float()  # as the reference: a float16 VAE marked force_upcast encodes in float32
+        try:
+            latents = image_latents(svd.vae, image, noise_aug_strength, aug_noise).to(param.dtype)
+        finally:
+            svd.vae.to(vae_dtype)
+        latents = latents[:, None].repeat(1, num_frames, 1, 1, 1)  # (1, F, 4, h, w)
+        time_ids = added_time_ids(fps, motion_bucket_id, noise_aug_strength).to(param)
+
+        if noise is None:
+            noise = torch.randn(latents.shape[1:], generator=generator)
+        if noise.shape != latents.shape[1:]:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(latents.shape[1:])}")
+        sigmas = karras_sigmas(steps)
+        init_noise_sigma = (sigmas[0].item() ** 2 + 1) ** 0.5  # the reference's scale of the initial noise
+        x = noise[None].to(param) * init_noise_sigma  # (1, F, 4, h, w)
+        guidance = None
+        if max_guidance > 1:
+            guidance = torch.linspace(min_guidance, max_guidance, num_frames).view(1, -1, 1, 1, 1).to(param)
+        x = sample_euler(svd.unet, x, sigmas, (latents, embeds, time_ids), guidance, progress)[0]  # (F, 4, h, w)
+        if return_latents:
+            return x
+        return decode(svd.vae, x, decode_chunk_size).clamp(-1, 1)
+
+
+# ---------------------------------------------------------------- command line
+def fail(message):
+    """One line on stderr, exit status 2: how the command-line tools refuse bad input."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_model(name, device, dtype):
+    if name == "tiny":
+        print("WARNING: --model tiny is an UNTRAINED model with random weights: its videos are noise, "
+              "for smoke tests only.", file=sys.stderr)
+        with warnings.catch_warnings():  # tiny_svd's own warning, said louder above
+            warnings.simplefilter("ignore")
+            return tiny_svd(seed=0, dtype=dtype, device=device)
+    return load_svd(name, dtype=dtype, device=device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", required=True, help="input image (any format Pillow reads)")
+    p.add_argument("--out", required=True, help="output video, .gif or .webp")
+    p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub repo id, local folder in the official layout, or 'tiny' (untrained, for tests) "
+                        "(default: %(default)s)")
+    p.add_argument("--frames", type=int, help="frames to generate (default: the model's num_frames)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default: %(default)s)")
+    p.add_argument("--fps", type=int, default=7,
+                   help="frame rate: conditioning (as fps - 1) and playback (default: %(default)s)")
+    p.add_argument("--motion-bucket", type=int, default=127,
+                   help="motion_bucket_id, higher means more motion (default: %(default)s)")
+    p.add_argument("--noise-aug", type=float, default=0.02,
+                   help="noise_aug_strength, noise added to the image before the VAE (default: %(default)s)")
+    p.add_argument("--min-guidance", type=float, default=1.0,
+                   help="guidance scale of the first frame (default: %(default)s)")
+    p.add_argument("--max-guidance", type=float, default=3.0,
+                   help="guidance scale of the last frame; 1 or less turns guidance off (default: %(default)s)")
+    p.add_argument("--height", type=int, default=576, help="model resolution, a multiple of 8 (default: %(default)s)")
+    p.add_argument("--width", type=int, default=1024, help="model resolution, a multiple of 8 (default: %(default)s)")
+    p.add_argument("--decode-chunk", type=int, help="frames decoded at a time (default: all at once)")
+    p.add_argument("--seed", type=int, help="random seed (default: a random one, printed)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: %(default)s)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="model dtype (default: float16 on CUDA, float32 elsewhere)")
+    args = p.parse_args(argv)
+
+    if not Path(args.image).is_file():
+        fail(f"no such image file: {args.image}")
+    if Path(args.out).suffix.lower() not in VIDEO_FORMATS:
+        fail(f"--out must end in .gif or .webp, got {args.out}")
+    if Path(args.out).suffix.lower() == ".webp" and not features.check("webp"):
+        fail("this Pillow cannot write WebP; use .gif")
+    if args.height <= 0 or args.width <= 0 or args.height % 8 or args.width % 8:
+        fail(f"--height and --width must be positive multiples of 8, got {args.height}x{args.width}")
+    for flag in ("frames", "steps", "fps", "decode_chunk"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            fail(f"--{flag.replace('_', '-')} must be at least 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        fail(f"unknown device {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but CUDA is not available")
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    source = Path(args.image).resolve()
+    if Path(args.out).resolve() == source:
+        fail("refusing to write over the input image")
+    try:
+        image = load_image(args.image, (args.height, args.width))
+    except (OSError, Image.DecompressionBombError) as e:
+        fail(f"cannot read {args.image} as an image ({e})")
+    try:
+        svd = load_model(args.model, device, dtype)
+    except WeightsError as e:
+        fail(str(e))
+
+    num_frames = args.frames or svd.unet.config.num_frames
+    if args.frames_dir and source in [path.resolve() for path in frame_paths(args.frames_dir, num_frames)]:
+        fail("refusing to write a frame over the input image")
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    print(f"seed {seed}", file=sys.stderr)
+    frames = generate(svd, image, num_frames=num_frames, steps=args.steps, fps=args.fps,
+                      motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
+                      min_guidance=args.min_guidance, max_guidance=args.max_guidance,
+                      decode_chunk_size=args.decode_chunk, seed=seed, progress=True)
+    save_video(frames, args.out, args.fps)
+    if args.frames_dir:
+        save_frames(frames, args.frames_dir)
+    print(f"wrote {args.out}" + (f" and {num_frames} frames to {args.frames_dir}" if args.frames_dir else ""),
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""PSNR and SSIM equal scikit-image's (Gaussian-weighted SSIM of Wang et al. 2004) on several images."""
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from metrics import psnr, ssim
+
+
+def image_pairs():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 40, 57, generator=g)
+    yield "noise", a, (a + 0.05 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    smooth = torch.linspace(0, 1, 64).view(1, 1, -1).expand(3, 48, -1).clone()
+    yield "gradient+8bit", smooth, (smooth * 255 + torch.randint(-8, 9, smooth.shape, generator=g)).clamp(0, 255) / 255
+    yield "single channel", a[:1], a[:1].flip(-1)
+    yield "dark vs bright", torch.zeros(3, 16, 16), torch.full((3, 16, 16), 0.9)
+
+
+@pytest.mark.parametrize("name, a, b", list(image_pairs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_psnr_and_ssim_match_scikit_image(name, a, b):
+    x, y = a.double().numpy(), b.double().numpy()
+    ref_ssim = structural_similarity(x, y, channel_axis=0, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+    assert abs(ssim(a, b) - ref_ssim) <= 1e-4
+    assert abs(psnr(a, b) - peak_signal_noise_ratio(x, y, data_range=1.0)) <= 1e-4
+
+
+def test_identical_images():
+    a = torch.rand(3, 20, 20)
+    assert psnr(a, a) == float("inf")
+    assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
