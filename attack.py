@@ -82,7 +82,7 @@ class Objective:
                 # Generate original video V_0 = P(I_src)
                 V_0 = generate(svd, to_model_input(I_src, size)[0], num_frames=num_frames, steps=sample_steps,
                                fps=FPS, motion_bucket_id=MOTION_BUCKET_ID, noise_aug_strength=NOISE_AUG,
-                               seed=seed, progress=progress)  # (F, 3, H, W)
+                               seed=seed, progress=progress, clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
                 self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
                 self.X_tg = encode_frames(svd.vae, -torch.ones_like(V_0[:1]))[None].expand_as(self.X_0)
@@ -221,7 +221,8 @@ def preview(svd, source_path, guarded_path, out_path, size, num_frames, seed, st
     videos = []
     for path in (source_path, guarded_path):
         image = load_image(path, size)
-        videos.append((image, generate(svd, image, num_frames=num_frames, steps=steps, seed=seed).cpu()))
+        frames = generate(svd, image, num_frames=num_frames, steps=steps, seed=seed, clip_image=load_image(path))
+        videos.append((image, frames.cpu()))
     for (_, frames), suffix in zip(videos, (".before.gif", ".after.gif")):
         save_video(frames, out_path.with_suffix(suffix), FPS)
     (src, V_src), (adv, V_adv) = videos

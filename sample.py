@@ -147,7 +147,7 @@ def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False):
 
 def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=127, noise_aug_strength=0.02,
              min_guidance=1.0, max_guidance=3.0, decode_chunk_size=None, noise=None, seed=None,
-             return_latents=False, progress=False):
+             return_latents=False, progress=False, clip_image=None):
     """Image (3,H,W) in [-1,1] at model resolution -> frames (F,3,H,W) in [-1,1], or with return_latents
     the final denoised latents (F,4,H/8,W/8), on the model's device.
 
@@ -155,6 +155,8 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
     noise-augmentation noise (the reference's order) from a CPU generator seeded with `seed`
     (random when None): a seed gives the same video on any device, and the reference's video for
     a CPU generator with that seed. Guidance runs only when max_guidance > 1, as in the reference.
+    clip_image (3,H0,W0) in [-1,1] is the photo at its own size for the CLIP path, which the reference
+    encodes before resizing (default: image).
     """
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
@@ -171,7 +173,8 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
 
     vae_dtype = next(svd.vae.parameters()).dtype
     with torch.no_grad():
-        embeds = clip_embedding(svd.image_encoder, image).to(param.dtype)
+        clip_input = image if clip_image is None else clip_image[None].to(param.device)
+        embeds = clip_embedding(svd.image_encoder, clip_input).to(param.dtype)
         if vae_dtype == torch.float16 and svd.vae.config.force_upcast:
             svd.vae.float()  # as the reference: a float16 VAE marked force_upcast encodes in float32
         try:
@@ -266,6 +269,7 @@ def main(argv=None):
     if Path(args.out).resolve() == source:
         fail("refusing to write over the input image")
     try:
+        photo = load_image(args.image)
         image = load_image(args.image, (args.height, args.width))
     except (OSError, Image.DecompressionBombError) as e:
         fail(f"cannot read {args.image} as an image ({e})")
@@ -282,7 +286,7 @@ def main(argv=None):
     frames = generate(svd, image, num_frames=num_frames, steps=args.steps, fps=args.fps,
                       motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
-                      decode_chunk_size=args.decode_chunk, seed=seed, progress=True)
+                      decode_chunk_size=args.decode_chunk, seed=seed, progress=True, clip_image=photo)
     save_video(frames, args.out, args.fps)
     if args.frames_dir:
         save_frames(frames, args.frames_dir)

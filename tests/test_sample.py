@@ -108,6 +108,18 @@ def test_seed_gives_the_pipeline_video_for_the_same_generator_seed(svd_and_pipel
     assert max_abs_diff("final latents, seed 11, noise_aug 0.1", latents, ref_latents) <= TOL
 
 
+def test_photo_of_another_size_conditions_as_the_pipeline(svd_and_pipeline, image_file):
+    """The reference resizes the photo for the VAE path but feeds CLIP the photo at its own size."""
+    svd, pipe = svd_and_pipeline
+    noise = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(7))
+    _, ref_latents = reference(pipe, image_file, height=48, width=64, num_frames=2, num_inference_steps=2,
+                               noise_aug_strength=0.0, max_guidance_scale=1.0, latents=noise[None].clone())
+    latents = sample.generate(svd, sample.load_image(image_file, (48, 64)), num_frames=2, steps=2,
+                              noise_aug_strength=0.0, max_guidance=1.0, noise=noise, return_latents=True,
+                              clip_image=sample.load_image(image_file))
+    assert max_abs_diff("final latents, 64x96 photo at 48x64", latents, ref_latents) <= TOL
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 64, 96), (2, 3, 576, 1024), (1, 3, 300, 230)])
 def test_resize_for_clip_matches_reference(shape):
     x = torch.rand(shape) * 2 - 1
