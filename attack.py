@@ -29,7 +29,7 @@ from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, t
 from metrics import psnr, ssim
 from model.edm import denoise, karras_sigmas
 from sample import (added_time_ids, clip_embedding, fail, generate, image_latents, load_image, load_model,
-                    save_video, write_atomically)
+                    model_size, parse_device, save_video, write_atomically)
 from weights import DEFAULT_MODEL, WeightsError
 
 # The adversary's pipeline settings the attack optimises against (the reference pipeline's defaults).
@@ -333,8 +333,8 @@ def main(argv=None):
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=ATTN_BLOCKS,
                    help="comma-separated UNet transformer names whose temporal attention maps are attacked")
     p.add_argument("--frames", type=int, help="video frames (default: the model's num_frames)")
-    p.add_argument("--height", type=int, default=576, help="the adversary's model resolution, a multiple of 8")
-    p.add_argument("--width", type=int, default=1024, help="the adversary's model resolution, a multiple of 8")
+    p.add_argument("--height", type=int, help="the adversary's model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=int, help="the adversary's model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
     p.add_argument("--sample-steps", type=int, default=25, help="sampling steps of V_0 and the preview videos")
     p.add_argument("--seed", type=int, default=0, help="seed of the random start, noise draws and videos")
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id, local folder in the official layout, "
@@ -349,8 +349,7 @@ def main(argv=None):
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
     if args.step_size <= 0 or args.steps < 1 or args.sample_steps < 1 or (args.frames is not None and args.frames < 1):
         fail("--step-size, --steps, --sample-steps and --frames must be positive")
-    if args.height <= 0 or args.width <= 0 or args.height % 8 or args.width % 8:
-        fail(f"--height and --width must be positive multiples of 8, got {args.height}x{args.width}")
+    args.height, args.width = model_size(args.height, args.width, args.model)
     if args.mask and not Path(args.mask).is_file():
         fail(f"no such mask file: {args.mask}")
     photos = list_photos(args.image)
@@ -364,7 +363,7 @@ def main(argv=None):
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         fail(f"cannot write to {folder}")
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     try:
         svd = load_model(args.model, device, dtype)

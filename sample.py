@@ -207,6 +207,25 @@ def fail(message):
     sys.exit(2)
 
 
+def model_size(height, width, model):
+    """--height/--width: the reference pipeline's 576x1024 unless given, 128x128 for the tiny smoke-test model."""
+    default = (128, 128) if model == "tiny" else (576, 1024)
+    height, width = height or default[0], width or default[1]
+    if height <= 0 or width <= 0 or height % 8 or width % 8:
+        fail(f"--height and --width must be positive multiples of 8, got {height}x{width}")
+    return height, width
+
+
+def parse_device(name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"unknown device {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but CUDA is not available")
+    return device
+
+
 def load_model(name, device, dtype):
     if name == "tiny":
         print("WARNING: --model tiny is an UNTRAINED model with random weights: its videos are noise, "
@@ -237,8 +256,8 @@ def main(argv=None):
                    help="guidance scale of the first frame (default: %(default)s)")
     p.add_argument("--max-guidance", type=float, default=3.0,
                    help="guidance scale of the last frame; 1 or less turns guidance off (default: %(default)s)")
-    p.add_argument("--height", type=int, default=576, help="model resolution, a multiple of 8 (default: %(default)s)")
-    p.add_argument("--width", type=int, default=1024, help="model resolution, a multiple of 8 (default: %(default)s)")
+    p.add_argument("--height", type=int, help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=int, help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
     p.add_argument("--decode-chunk", type=int, help="frames decoded at a time (default: all at once)")
     p.add_argument("--seed", type=int, help="random seed (default: a random one, printed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -253,17 +272,11 @@ def main(argv=None):
         fail(f"--out must end in .gif or .webp, got {args.out}")
     if Path(args.out).suffix.lower() == ".webp" and not features.check("webp"):
         fail("this Pillow cannot write WebP; use .gif")
-    if args.height <= 0 or args.width <= 0 or args.height % 8 or args.width % 8:
-        fail(f"--height and --width must be positive multiples of 8, got {args.height}x{args.width}")
+    args.height, args.width = model_size(args.height, args.width, args.model)
     for flag in ("frames", "steps", "fps", "decode_chunk"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             fail(f"--{flag.replace('_', '-')} must be at least 1")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        fail(f"unknown device {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but CUDA is not available")
+    device = parse_device(args.device)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     source = Path(args.image).resolve()
     if Path(args.out).resolve() == source:

@@ -208,3 +208,11 @@ def test_command_line_end_to_end(tmp_path):
     assert "UNTRAINED" in result.stderr
     assert Image.open(out).size == (512, 512)
     assert json.loads(out.with_suffix(".json").read_text())["model"] == "tiny"
+
+
+def test_preview_writes_before_after_and_side_by_side(photo, tmp_path):
+    out = tmp_path / "p.guarded.png"
+    assert run(["--image", str(photo), "--out", str(out), "--preview", *TINY]) == 0
+    for suffix, size in ((".before.gif", (64, 64)), (".after.gif", (64, 64)), (".preview.gif", (128, 128))):
+        with Image.open(out.with_suffix(suffix)) as gif:
+            assert gif.size == size and gif.n_frames == 3
