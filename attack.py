@@ -28,8 +28,8 @@ from tqdm import tqdm
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from metrics import psnr, ssim
 from model.edm import denoise, karras_sigmas
-from sample import (added_time_ids, clip_embedding, fail, generate, image_latents, load_image, load_model,
-                    model_size, parse_device, save_video, write_atomically)
+from sample import (added_time_ids, clip_embedding, default_low_memory, fail, generate, image_latents, load_image,
+                    load_model, model_size, parse_device, save_video, write_atomically)
 from weights import DEFAULT_MODEL, WeightsError
 
 # The adversary's pipeline settings the attack optimises against (the reference pipeline's defaults).
@@ -56,6 +56,7 @@ def encode_frames(vae, V):
 
 class Objective:
     """The inputs of Algorithm 1 that stay fixed while I_adv changes, and the loss terms as a function of I_adv.
+    V_0, the video made from I_src ((F,3,H,W) in [-1,1]), is generated unless given.
 
     Latents are compared where they live: the conditioning latents x (what the pipeline concatenates to
     the UNet input) are unscaled posterior means; the denoiser latents X are scaled by the VAE's
@@ -63,7 +64,7 @@ class Objective:
     """
 
     def __init__(self, svd, I_src, terms, *, num_frames, size, tau1, tau2, attn_blocks, sample_steps, seed,
-                 progress=False):
+                 progress=False, V_0=None):
         self.svd, self.terms, self.size, self.tau1, self.tau2 = svd, terms, size, tau1, tau2
         self.attn_blocks, self.I_src = attn_blocks, I_src
         self.dtype = next(svd.unet.parameters()).dtype
@@ -78,11 +79,12 @@ class Objective:
             self.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)  # (1, 4, h, w)
             self.x_tg = image_latents(svd.vae, to_model_input(I_tg, size), 0.0, 0.0)
             self.c_src = clip_embedding(svd.image_encoder, I_src * 2 - 1)  # (1, 1, D)
-            if "con" in terms or "att" in terms:
+            if ("con" in terms or "att" in terms) and V_0 is None:
                 # Generate original video V_0 = P(I_src)
                 V_0 = generate(svd, to_model_input(I_src, size)[0], num_frames=num_frames, steps=sample_steps,
                                fps=FPS, motion_bucket_id=MOTION_BUCKET_ID, noise_aug_strength=NOISE_AUG,
                                seed=seed, progress=progress, clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
+            if V_0 is not None:
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
                 self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
                 self.X_tg = encode_frames(svd.vae, -torch.ones_like(V_0[:1]))[None].expand_as(self.X_0)
@@ -113,17 +115,17 @@ class Objective:
         X_t = (self.X_0 + sigma * noise.to(self.X_0)).to(self.dtype)  # (1, F, 4, h, w)
         blocks = self.attn_blocks if "att" in self.terms else ()
 
-        def predict(x, c, attn_maps):
+        def predict(x, c, attn_maps, maps_only=False):
             latents = x.to(self.dtype)[:, None].expand(-1, frames, -1, -1, -1)  # (1, F, 4, h, w)
-            return denoise(svd.unet, X_t, sigma, latents, c.to(self.dtype), self.time_ids, attn_maps)
+            return denoise(svd.unet, X_t, sigma, latents, c.to(self.dtype), self.time_ids, attn_maps, maps_only)
 
         # Predict X_0: X0_adv = G(X_t, x_adv, c_adv), with the attention maps A_adv
         X0_adv, A_adv = predict(x_adv, c_adv, blocks)
         if "con" in self.terms:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
         if "att" in self.terms:
-            with torch.no_grad():  # the source pass: only its maps A_src are used
-                _, A_src = predict(self.x_src, self.c_src, blocks)
+            with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
+                _, A_src = predict(self.x_src, self.c_src, blocks, maps_only=True)
             terms["att"] = attention_loss(A_adv, A_src, self.tau2)
         return terms
 
@@ -342,6 +344,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
+                   help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
+                        "(default: on for GPUs under 40 GiB)")
     p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF")
     args = p.parse_args(argv)
 
@@ -369,6 +374,9 @@ def main(argv=None):
         svd = load_model(args.model, device, dtype)
     except WeightsError as e:
         fail(str(e))
+    if args.low_memory is None:
+        args.low_memory = default_low_memory(device)
+    svd.unet.checkpointing = svd.vae.checkpointing = args.low_memory
     unknown = set(args.attn_blocks) - set(svd.unet.attention_names)
     if unknown:
         fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")

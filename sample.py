@@ -124,22 +124,24 @@ def decode(vae, latents, chunk_size):
 
 
 # ---------------------------------------------------------------- sampling
-def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False):
+def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False, low_memory=False):
     """EDM Algorithm 1 (Euler, no churn, Karras et al. 2022) from x at sigmas[0] to sigmas[-1] = 0.
     cond = (image_latents (B,F,4,h,w), image_embeds (B,1,D), added_time_ids (B,3)). With guidance
     (1,F,1,1,1), classifier-free guidance per frame against zero latents and a zero CLIP embedding:
-    D = D_uncond + w (D_cond - D_uncond), the same as guiding the network output since D is affine in it."""
+    D = D_uncond + w (D_cond - D_uncond), the same as guiding the network output since D is affine in it.
+    The two branches run as one batch, or with low_memory one after the other."""
     latents, embeds, time_ids = cond
-    if guidance is not None:
-        latents = torch.cat([torch.zeros_like(latents), latents])
-        embeds = torch.cat([torch.zeros_like(embeds), embeds])
-        time_ids = torch.cat([time_ids, time_ids])
+    uncond = (torch.zeros_like(latents), torch.zeros_like(embeds), time_ids)
+    both = [torch.cat(pair) for pair in zip(uncond, cond)]
     steps = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
     for sigma, sigma_next in tqdm(steps, desc="denoising", disable=not progress):
         if guidance is None:
-            D, _ = denoise(unet, x, sigma, latents, embeds, time_ids)
+            D, _ = denoise(unet, x, sigma, *cond)
         else:
-            D_uncond, D_cond = denoise(unet, torch.cat([x, x]), sigma, latents, embeds, time_ids)[0].chunk(2)
+            if low_memory:
+                D_uncond, D_cond = (denoise(unet, x, sigma, *c)[0] for c in (uncond, cond))
+            else:
+                D_uncond, D_cond = denoise(unet, torch.cat([x, x]), sigma, *both)[0].chunk(2)
             D = D_uncond + guidance * (D_cond - D_uncond)
         x = euler_step(x, D, sigma, sigma_next)
     return x
@@ -147,7 +149,7 @@ def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False):
 
 def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=127, noise_aug_strength=0.02,
              min_guidance=1.0, max_guidance=3.0, decode_chunk_size=None, noise=None, seed=None,
-             return_latents=False, progress=False, clip_image=None):
+             return_latents=False, progress=False, clip_image=None, low_memory=False):
     """Image (3,H,W) in [-1,1] at model resolution -> frames (F,3,H,W) in [-1,1], or with return_latents
     the final denoised latents (F,4,H/8,W/8), on the model's device.
 
@@ -156,12 +158,13 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
     (random when None): a seed gives the same video on any device, and the reference's video for
     a CPU generator with that seed. Guidance runs only when max_guidance > 1, as in the reference.
     clip_image (3,H0,W0) in [-1,1] is the photo at its own size for the CLIP path, which the reference
-    encodes before resizing (default: image).
+    encodes before resizing (default: image). low_memory runs the guidance branches one after the
+    other and decodes 2 frames at a time unless decode_chunk_size says otherwise.
     """
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
     num_frames = num_frames or svd.unet.config.num_frames
-    decode_chunk_size = decode_chunk_size or num_frames
+    decode_chunk_size = decode_chunk_size or (2 if low_memory else num_frames)
     param = next(svd.unet.parameters())
     generator = torch.Generator()
     if seed is None:
@@ -194,7 +197,7 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
         guidance = None
         if max_guidance > 1:
             guidance = torch.linspace(min_guidance, max_guidance, num_frames).view(1, -1, 1, 1, 1).to(param)
-        x = sample_euler(svd.unet, x, sigmas, (latents, embeds, time_ids), guidance, progress)[0]  # (F, 4, h, w)
+        x = sample_euler(svd.unet, x, sigmas, (latents, embeds, time_ids), guidance, progress, low_memory)[0]  # (F, 4, h, w)
         if return_latents:
             return x
         return decode(svd.vae, x, decode_chunk_size).clamp(-1, 1)
@@ -224,6 +227,11 @@ def parse_device(name):
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda but CUDA is not available")
     return device
+
+
+def default_low_memory(device):
+    """Memory mode by default on GPUs with less than 40 GiB."""
+    return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 40 * 2**30
 
 
 def load_model(name, device, dtype):
@@ -258,6 +266,8 @@ def main(argv=None):
                    help="guidance scale of the last frame; 1 or less turns guidance off (default: %(default)s)")
     p.add_argument("--height", type=int, help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
     p.add_argument("--width", type=int, help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
+                   help="guidance branches one at a time, decoding 2 frames at a time (default: on for GPUs under 40 GiB)")
     p.add_argument("--decode-chunk", type=int, help="frames decoded at a time (default: all at once)")
     p.add_argument("--seed", type=int, help="random seed (default: a random one, printed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -299,7 +309,8 @@ def main(argv=None):
     frames = generate(svd, image, num_frames=num_frames, steps=args.steps, fps=args.fps,
                       motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
-                      decode_chunk_size=args.decode_chunk, seed=seed, progress=True, clip_image=photo)
+                      decode_chunk_size=args.decode_chunk, seed=seed, progress=True, clip_image=photo,
+                      low_memory=default_low_memory(device) if args.low_memory is None else args.low_memory)
     save_video(frames, args.out, args.fps)
     if args.frames_dir:
         save_frames(frames, args.frames_dir)

@@ -24,17 +24,18 @@ def precondition(sigma):
     return c_skip, c_out, c_in, c_noise
 
 
-def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_maps=()):
+def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_maps=(), maps_only=False):
     """EDM eq. 7, D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with SVD's conditioning latents
-    concatenated to the scaled input; returns (D, {block name: temporal attention probs}).
+    concatenated to the scaled input; returns (D, {block name: temporal attention probs}), or with
+    maps_only (None, maps) from a UNet pass that stops after the last requested map.
 
     x, image_latents (B,F,4,h,w); sigma a number, 0-d or (B,) tensor; image_embeds (B,1,D); added_time_ids (B,3).
     """
     c_skip, c_out, c_in, c_noise = precondition(sigma)
     c_skip, c_out, c_in = (c.to(x).reshape(-1, *(1,) * (x.ndim - 1)) for c in (c_skip, c_out, c_in))
     unet_input = torch.cat([c_in * x, image_latents], dim=2)  # (B, F, 8, h, w)
-    F_x, maps = unet(unet_input, c_noise, image_embeds, added_time_ids, attn_maps)
-    return c_skip * x + c_out * F_x, maps
+    F_x, maps = unet(unet_input, c_noise, image_embeds, added_time_ids, attn_maps, maps_only)
+    return (None if maps_only else c_skip * x + c_out * F_x), maps
 
 
 def euler_step(x, denoised, sigma, sigma_next):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def sinusoidal_embedding(t, dim):
@@ -14,6 +15,14 @@ def sinusoidal_embedding(t, dim):
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None]
     return F.pad(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1), (0, dim % 2))
+
+
+def maybe_checkpoint(enabled, module, *args):
+    """module(*args), or with `enabled` (and gradients on) the same through activation checkpointing:
+    its activations are recomputed during the backward pass instead of being kept."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 def container(**children):
@@ -136,6 +145,10 @@ class Attention(nn.Module):
 
     def forward(self, x, context=None, return_probs=False):
         context = x if context is None else context
+        if context.shape[1] == 1 and not return_probs:
+            # One key (SVD's cross-attention to its single CLIP token): its softmax weight is exactly 1,
+            # so every query receives its value; queries and keys need not be computed.
+            return self.to_out[0](self.to_v(context)).expand(-1, x.shape[1], -1), None
         q, k, v = (rearrange(p(s), "n l (h d) -> n h l d", h=self.heads)
                    for p, s in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
         probs = None

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from .config import UNetConfig
 from .layers import (Attention, Downsample, FeedForward, Mixer, SpatioTemporalResBlock, TimestepEmbedding,
-                     Upsample, container, sinusoidal_embedding)
+                     Upsample, container, maybe_checkpoint, sinusoidal_embedding)
 
 
 class TransformerBlock(nn.Module):
@@ -144,10 +144,15 @@ class UNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(32, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         self.attention_names = [name for name, m in self.named_modules() if isinstance(m, SpatioTemporalTransformer)]
+        self.checkpointing = False  # memory mode: recompute block activations in the backward pass
 
-    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, attn_maps=()):
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, attn_maps=(), maps_only=False):
         """sample (B,F,8,H,W), timestep = c_noise (scalar or (B,)), encoder_hidden_states (B,1,D),
-        added_time_ids (B,3) -> (out (B,F,4,H,W), {block name: temporal attention probs})."""
+        added_time_ids (B,3) -> (out (B,F,4,H,W), {block name: temporal attention probs}).
+
+        With maps_only the pass stops once every requested map is computed and returns (None, maps).
+        With `self.checkpointing` set, each res block and transformer is activation-checkpointed.
+        """
         unknown = set(attn_maps) - set(self.attention_names)
         if unknown:
             raise ValueError(f"no temporal attention named {sorted(unknown)}; choose from {self.attention_names}")
@@ -160,33 +165,45 @@ class UNet(nn.Module):
         context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (B*F, 1, D)
         maps = {}
 
+        def res(resnet, x):
+            return maybe_checkpoint(self.checkpointing, resnet, x, emb, f)
+
         def attend(name, transformer, x):
-            x, probs = transformer(x, context, f, return_maps=name in attn_maps)
+            x, probs = maybe_checkpoint(self.checkpointing, transformer, x, context, f, name in attn_maps)
             if probs is not None:
                 maps[name] = probs
             return x
+
+        def done():
+            return maps_only and len(maps) == len(set(attn_maps))
 
         x = self.conv_in(rearrange(sample, "b f c h w -> (b f) c h w"))
         skips = [x]
         for i, block in enumerate(self.down_blocks):
             for j, resnet in enumerate(block.resnets):
-                x = resnet(x, emb, f)
+                x = res(resnet, x)
                 if block.attentions:
                     x = attend(f"down_blocks.{i}.attentions.{j}", block.attentions[j], x)
+                    if done():
+                        return None, maps
                 skips.append(x)
             for down in block.downsamplers:
                 x = down(x)
                 skips.append(x)
 
-        x = self.mid_block.resnets[0](x, emb, f)
+        x = res(self.mid_block.resnets[0], x)
         x = attend("mid_block.attentions.0", self.mid_block.attentions[0], x)
-        x = self.mid_block.resnets[1](x, emb, f)
+        if done():
+            return None, maps
+        x = res(self.mid_block.resnets[1], x)
 
         for i, block in enumerate(self.up_blocks):
             for j, resnet in enumerate(block.resnets):
-                x = resnet(torch.cat([x, skips.pop()], dim=1), emb, f)
+                x = res(resnet, torch.cat([x, skips.pop()], dim=1))
                 if block.attentions:
                     x = attend(f"up_blocks.{i}.attentions.{j}", block.attentions[j], x)
+                    if done():
+                        return None, maps
             for up in block.upsamplers:
                 x = up(x, size=skips[-1].shape[-2:])
 

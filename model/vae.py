@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import VAEConfig
-from .layers import Attention, Downsample, ResBlock, SpatioTemporalResBlock, Upsample, container
+from .layers import Attention, Downsample, ResBlock, SpatioTemporalResBlock, Upsample, container, maybe_checkpoint
 
 
 class ImageAttention(Attention):
@@ -38,15 +38,15 @@ class Encoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(32, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
-    def forward(self, x):
+    def forward(self, x, checkpointing=False):
         x = self.conv_in(x)
         for block in self.down_blocks:
             for resnet in block.resnets:
-                x = resnet(x)
+                x = maybe_checkpoint(checkpointing, resnet, x)
             for down in block.downsamplers:
                 x = down(x)
         mid = self.mid_block
-        x = mid.resnets[1](mid.attentions[0](mid.resnets[0](x)))
+        x = maybe_checkpoint(checkpointing, lambda h: mid.resnets[1](mid.attentions[0](mid.resnets[0](h))), x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
@@ -101,10 +101,11 @@ class VAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.quant_conv = nn.Conv2d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
         self.decoder = TemporalDecoder(cfg)
+        self.checkpointing = False  # memory mode: recompute encoder activations in the backward pass
 
     def encode(self, x):
         """x (N,3,H,W) in [-1,1] -> (mean, logvar) of the latent Gaussian, each (N,4,H/8,W/8), logvar clamped to [-30, 20]."""
-        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        mean, logvar = self.quant_conv(self.encoder(x, self.checkpointing)).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z, num_frames):
