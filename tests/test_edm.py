@@ -61,7 +61,7 @@ def test_denoise_recovers_x0_from_the_true_v(sigma):
     x0, n = torch.randn(2, 1, 3, 4, 4, dtype=torch.float64).unbind(0)
     x = x0 + sigma * n
 
-    def unet(sample, timestep, ehs, ids, attn_maps=()):
+    def unet(sample, timestep, ehs, ids, attn_maps=(), maps_only=False):
         return (n - sigma * x0) / (sigma**2 + 1) ** 0.5, {}
 
     D, _ = denoise(unet, x, sigma, torch.zeros_like(x), None, None)
@@ -74,7 +74,7 @@ class RecordingUNet:
     def __init__(self, v):
         self.v = v
 
-    def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, attn_maps=()):
+    def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, attn_maps=(), maps_only=False):
         self.sample, self.timestep, self.attn_maps = sample, timestep, attn_maps
         return self.v, {"probe": torch.ones(1)}
 
@@ -112,7 +112,7 @@ def test_denoise_per_sample_sigma_and_gradients():
     x = torch.randn(2, 3, 4, 2, 2, requires_grad=True)
     latents = torch.randn(2, 3, 4, 2, 2, requires_grad=True)
 
-    def unet(sample, timestep, ehs, ids, attn_maps=()):
+    def unet(sample, timestep, ehs, ids, attn_maps=(), maps_only=False):
         return sample[:, :, :4] * sample[:, :, 4:], {}
 
     D, _ = denoise(unet, x, sigma, latents, torch.zeros(2, 1, 8), torch.zeros(2, 3))
