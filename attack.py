@@ -75,7 +75,7 @@ class Objective:
         self.X_0 = self.X_tg = None  # needed by L_con and L_att only
         with torch.no_grad():
             I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
-            # Encode image: x_src, x_tg = E(I_src), E(I_tg)
+            # Encode image: x_src, x_tg = E(I_src), E(I_tg), without augmentation noise: fixed references
             self.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)  # (1, 4, h, w)
             self.x_tg = image_latents(svd.vae, to_model_input(I_tg, size), 0.0, 0.0)
             self.c_src = clip_embedding(svd.image_encoder, I_src * 2 - 1)  # (1, 1, D)
