@@ -31,7 +31,7 @@ COMPONENTS = {
     "vae": (VAE, VAEConfig, "AutoencoderKLTemporalDecoder", "diffusion_pytorch_model"),
     "image_encoder": (CLIPImageEncoder, CLIPConfig, "CLIPVisionModelWithProjection", "model"),
 }
-IGNORED_KEYS = {"vision_model.embeddings.position_ids"}  # a constant buffer that older CLIP files carry
+IGNORED_KEYS = ("vision_model.embeddings.position_ids",)  # a constant buffer that older CLIP files carry
 
 
 class WeightsError(Exception):
@@ -98,33 +98,40 @@ def short_list(keys, n=5):
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+def load_checked(model, path, dtype=torch.float32, device="cpu", ignored=IGNORED_KEYS):
+    """Fill a network built on the meta device from a safetensors file, checking every key and shape.
+    Keys starting with one of `ignored` (buffers or heads we do not use) may be in the file or not."""
+    name = type(model).__name__
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = {k for k in f.keys() if not k.startswith(ignored)}
+            missing, unexpected = expected.keys() - keys, keys - expected.keys()
+            if missing or unexpected:
+                problems = [f"missing keys: {short_list(missing)}"] * bool(missing)
+                problems += [f"unexpected keys: {short_list(unexpected)}"] * bool(unexpected)
+                raise WeightsError(f"{path} does not match {name}: " + "; ".join(problems))
+            for k in sorted(keys):  # tensor by tensor, so at most one extra copy is alive
+                shape = tuple(f.get_slice(k).get_shape())
+                if shape != expected[k]:
+                    raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
+                state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)  # frozen: the attack needs gradients for the image only
+
+
 def load_network(source, folder, variant, dtype, device):
-    """Build one network on the meta device and fill it from its safetensors file, checking every key."""
+    """Build one network on the meta device and fill it from its safetensors file."""
     network, _, _, stem = COMPONENTS[folder]
     config = read_config(source, folder)
     filename = f"{folder}/{stem}.{variant}.safetensors" if variant else f"{folder}/{stem}.safetensors"
     path = fetch(source, filename)
     with torch.device("meta"):
         model = network(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    state = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys()) - IGNORED_KEYS
-            missing, unexpected = expected.keys() - keys, keys - expected.keys()
-            if missing or unexpected:
-                problems = [f"missing keys: {short_list(missing)}"] * bool(missing)
-                problems += [f"unexpected keys: {short_list(unexpected)}"] * bool(unexpected)
-                raise WeightsError(f"{path} does not match {network.__name__}: " + "; ".join(problems))
-            for k in sorted(keys):  # tensor by tensor, so at most one extra copy is alive
-                shape = tuple(f.get_slice(k).get_shape())
-                if shape != tuple(expected[k]):
-                    raise WeightsError(f"{path}: {k} has shape {shape}, {network.__name__} expects {tuple(expected[k])}")
-                state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)  # frozen: the attack needs gradients for the image only
+    return load_checked(model, path, dtype, device)
 
 
 def load_svd(source=DEFAULT_MODEL, variant="fp16", dtype=torch.float32, device="cpu"):
