@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 import metrics
-from attack import IMAGE_SUFFIXES, fraction, protect, quantise, read_photo, save_photo, selected_terms
+from attack import fraction, list_photos, protect, quantise, read_photo, save_photo, selected_terms
 from model import DINO, AestheticPredictor, CLIPConfig, ViTConfig
 from sample import default_low_memory, fail, generate, load_model, model_size, parse_device, write_atomically
 from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
@@ -226,13 +226,6 @@ def write_results(out, records, methods, untrained):
 
 
 # ---------------------------------------------------------------- command line
-def list_photos(paths):
-    photos = []
-    for p in map(Path, paths):
-        photos += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
-    return photos
-
-
 def main(argv=None):
     class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         pass
