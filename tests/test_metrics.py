@@ -1,5 +1,4 @@
 """PSNR and SSIM equal scikit-image's (Gaussian-weighted SSIM of Wang et al. 2004) on several images."""
-import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
