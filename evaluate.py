@@ -28,7 +28,8 @@ from torch import nn
 import metrics
 from attack import fraction, list_photos, protect, quantise, read_photo, save_photo, selected_terms
 from model import DINO, AestheticPredictor, CLIPConfig, ViTConfig
-from sample import default_low_memory, fail, generate, load_model, model_size, parse_device, write_atomically
+from sample import (default_low_memory, fail, generate, load_model, model_size, parse_device, to_model_image,
+                    to_uint8, write_atomically)
 from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
 
 # name: (protect's keyword arguments, the row's name in the tables)
@@ -88,9 +89,8 @@ def tiny_judges(seed=0, device="cpu"):
 
 # ---------------------------------------------------------------- one photo
 def model_input(rgb8, size):
-    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1], resized with Lanczos on 8-bit pixels as sample.load_image does."""
-    im = Image.fromarray(rgb8.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1) * 2 - 1
+    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1], resized as sample.load_image resizes a photo file."""
+    return to_model_image(Image.fromarray(rgb8.permute(1, 2, 0).numpy()), size)
 
 
 def make_video(svd, rgb8, args):
@@ -98,7 +98,7 @@ def make_video(svd, rgb8, args):
     frames = generate(svd, model_input(rgb8, (args.height, args.width)), num_frames=args.frames,
                       steps=args.sample_steps, seed=args.seed, clip_image=rgb8.float() / 127.5 - 1,
                       low_memory=args.low_memory)
-    return ((frames.float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return torch.from_numpy(to_uint8(frames)).permute(0, 3, 1, 2)  # (F, 3, H, W)
 
 
 def video_metrics(judges, frames8):

@@ -35,7 +35,11 @@ def load_image(path, size=None):
     the model sees the RGB values a guarded photo carries. With size=(height, width) the image is
     resized with Lanczos on its 8-bit pixels first, as the reference pipeline's preprocessing does."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        return to_model_image(ImageOps.exif_transpose(im).convert("RGB"), size)
+
+
+def to_model_image(im, size=None):
+    """An RGB PIL image -> (3,H,W) float32 in [-1,1], resized with Lanczos to size=(height, width) if given."""
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)

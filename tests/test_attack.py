@@ -77,9 +77,9 @@ def test_full_loss_decreases(svd, I_src):
     I_adv, history = protect(svd, I_src, steps=10, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
     w = history["weights"]
     obj = objective(svd, I_src, TERMS)
-    start = I_src + 0 * I_src  # the photo itself; protect starts from a random point inside the budget
     loss = lambda o, I, d: total_loss(o(I, d), w["enc"], w["con"], w["att"]).item()
-    before, after = mean_over_draws(obj, start, loss), mean_over_draws(obj, I_adv, loss)
+    # before: the photo itself (protect starts from a random point inside the budget)
+    before, after = mean_over_draws(obj, I_src, loss), mean_over_draws(obj, I_adv, loss)
     print(f"\nL: {before:.6g} -> {after:.6g}")
     assert after < before
 
