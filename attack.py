@@ -37,6 +37,8 @@ FPS, MOTION_BUCKET_ID, NOISE_AUG = 7, 127, 0.02
 # A: the temporal self-attention of the last downsampling level that has attention (both its layers).
 ATTN_BLOCKS = ("down_blocks.2.attentions.0", "down_blocks.2.attentions.1")
 TERMS = ("img", "enc", "con", "att")
+# The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule.
+CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -73,11 +75,8 @@ class Objective:
         self.sigmas = karras_sigmas(sample_steps)[:-1].tolist()
         self.time_ids = added_time_ids(FPS, MOTION_BUCKET_ID, NOISE_AUG).to(device, self.dtype)  # (1, 3)
         self.X_0 = self.X_tg = None  # needed by L_con and L_att only
+        self.I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
         with torch.no_grad():
-            I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
-            # Encode image: x_src, x_tg = E(I_src), E(I_tg), without augmentation noise: fixed references
-            self.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)  # (1, 4, h, w)
-            self.x_tg = image_latents(svd.vae, to_model_input(I_tg, size), 0.0, 0.0)
             self.c_src = clip_embedding(svd.image_encoder, I_src * 2 - 1)  # (1, 1, D)
             if ("con" in terms or "att" in terms) and V_0 is None:
                 # Generate original video V_0 = P(I_src)
@@ -89,11 +88,13 @@ class Objective:
                 self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
                 self.X_tg = encode_frames(svd.vae, -torch.ones_like(V_0[:1]))[None].expand_as(self.X_0)
 
-    def draw(self, generator):
+    def draw(self, generator, step=None):
         """Fresh randomness for one iteration: the pipeline's noise-augmentation noise, a noise level sigma
-        drawn uniformly from the adversary's sampling schedule, and the noise of X_t."""
+        of the adversary's sampling schedule (its step `step`, or one drawn uniformly), and the noise of X_t."""
         aug = torch.randn((1, 3, *self.size), generator=generator)
-        sigma = self.sigmas[torch.randint(len(self.sigmas), (), generator=generator)]
+        if step is None:
+            step = int(torch.randint(len(self.sigmas), (), generator=generator))
+        sigma = self.sigmas[step]
         noise = torch.randn(self.X_0.shape, generator=generator) if self.X_0 is not None else None
         return aug, sigma, noise
 
@@ -101,10 +102,17 @@ class Objective:
         """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on."""
         svd, (aug, sigma, noise) = self.svd, draw
         terms = {"img": image_loss(I_adv, self.I_src)}
-        # Encode attacked image x_adv = E(I_adv), through the pipeline's noise augmentation
-        x_adv = image_latents(svd.vae, to_model_input(I_adv, self.size), NOISE_AUG, aug.to(I_adv))
+
+        def encode(I):  # E(I): the VAE latent the pipeline conditions on, through this draw's noise augmentation
+            return image_latents(svd.vae, to_model_input(I, self.size), NOISE_AUG, aug.to(I))
+
+        # Encode attacked image x_adv = E(I_adv); every reference is encoded with the same augmentation
+        # draw, so that each distance is exactly zero where I_adv equals its reference.
+        x_adv = encode(I_adv)
         if "enc" in self.terms:
-            terms["enc"] = encoder_loss(x_adv, self.x_tg)
+            with torch.no_grad():
+                x_tg = encode(self.I_tg)
+            terms["enc"] = encoder_loss(x_adv, x_tg)
         if "con" not in self.terms and "att" not in self.terms:
             return terms
 
@@ -125,57 +133,76 @@ class Objective:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
         if "att" in self.terms:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
-                _, A_src = predict(self.x_src, self.c_src, blocks, maps_only=True)
+                _, A_src = predict(encode(self.I_src), self.c_src, blocks, maps_only=True)
             terms["att"] = attention_loss(A_adv, A_src, self.tau2)
         return terms
 
 
+def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
+    """The weights of Eq. 4, so that the terms act on a similar scale (paper Sec. 4.1) whatever their
+    units: each term's factor divided by the mean |gradient| of that term with respect to I_adv,
+    averaged over `draws` fixed draws, one from the middle of each equal stratum of the adversary's
+    schedule (the gradient of L_con alone spans a factor of hundreds across it). The draws come from
+    their own seeded generator, so the weights depend on the photo and its start only.
+    Returns (weights {term: weight}, a record of how they were made)."""
+    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+    n = len(objective.sigmas)
+    steps = [int((k + 0.5) * n / draws) for k in range(min(draws, n))]
+    sums = {name: 0.0 for name in factors}
+    I_adv = I_adv.detach().requires_grad_()
+    for step in steps:
+        values = objective(I_adv, objective.draw(generator, step))
+        for name in factors.keys() & values.keys():
+            if factors[name]:
+                g, = torch.autograd.grad(values[name], I_adv, retain_graph=True)
+                sums[name] += g.abs().mean().item() / len(steps)
+    weights = {name: factors[name] / sums[name] if sums[name] > 0 else 0.0 for name in factors}
+    record = {"sigmas": [objective.sigmas[k] for k in steps], "seed": CALIBRATION_SEED, "mean_abs_grad": sums}
+    return weights, record
+
+
 def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
-            update="sign", alpha=1.0, beta=1.0, gamma=1.0, tau1=0.5, tau2=0.5, num_frames=None, size=(576, 1024),
-            attn_blocks=ATTN_BLOCKS, sample_steps=25, seed=0, progress=False):
+            update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
+            size=(576, 1024), attn_blocks=ATTN_BLOCKS, sample_steps=25, seed=0, progress=False):
     """Algorithm 1: the source photo I_src (3,H0,W0) in [0,1] -> (I_adv (3,H0,W0) in [0,1], per-step log).
 
-    method "photoguard" keeps only L_enc (the encoder attack); "random" returns uniform-sign noise of
-    size eps (same L_inf) without optimising. `mask` (H0,W0) of 0/1 limits the perturbation (local attack).
-    The weights used are alpha, beta, gamma divided by the mean absolute gradient of their term at the
-    first step, so that the terms start on a similar scale (paper Sec. 4.1) whatever their units.
+    method "photoguard" keeps only L_enc (the encoder attack); "random-sign" returns uniform-sign noise
+    of size eps (same L_inf) without optimising. `mask` (H0,W0) of 0/1 limits the perturbation (local
+    attack). The weights of Eq. 4 are fidelity, alpha, beta, gamma divided by the mean absolute
+    gradient of their term at the start (`calibrate`).
     """
     unknown = set(attn_blocks) - set(svd.unet.attention_names)
     if unknown:
         raise ValueError(f"no temporal attention named {sorted(unknown)}")
-    terms = {"i2vguard": tuple(terms), "photoguard": ("img", "enc"), "random": ()}[method]
+    terms = {"i2vguard": tuple(terms), "photoguard": ("img", "enc"), "random-sign": ()}[method]
     generator = torch.Generator().manual_seed(seed)
     I_src = I_src[None].float()  # (1, 3, H0, W0)
     m = torch.ones_like(I_src[:, :1]) if mask is None else mask.to(I_src)[None, None]  # (1, 1, H0, W0)
     # Random start inside the budget: at I_adv = I_src, A_adv = A_src, where ||A_adv - A_src||^2 has zero gradient.
     delta = ((torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m)
-    if method == "random":
+    if method == "random-sign":
         return (I_src + eps * delta.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
 
     objective = Objective(svd, I_src, terms, num_frames=num_frames or svd.unet.config.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
                           progress=progress)
-    factors, weights, log = {"enc": alpha, "con": beta, "att": gamma}, None, []
+    factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
+    weights, calibration = calibrate(objective, (I_src + delta).clamp(0, 1), factors)
+    log = []
     bar = tqdm(range(steps), desc="protecting", disable=not progress)
     for _ in bar:
         I_adv = (I_src + delta).clamp(0, 1).requires_grad_()
         values = objective(I_adv, objective.draw(generator))
-        if weights is None:
-            # First step: scale alpha, beta, gamma so that each term's gradient starts at the same mean size.
-            weights = {name: 0.0 for name in factors}
-            for name in factors.keys() & values.keys():
-                g, = torch.autograd.grad(values[name], I_adv, retain_graph=True)
-                weights[name] = factors[name] / max(g.abs().mean().item(), 1e-30)
         # Compute the final loss L (Eq. 4)
-        L = total_loss(values, weights["enc"], weights["con"], weights["att"])
+        L = total_loss(values, weights)
         grad, = torch.autograd.grad(L, I_adv)
         # Update I_adv <- I_adv - lambda * grad L (or its sign), then project onto the eps-ball and [0, 1]
         with torch.no_grad():
             step = grad.sign() if update == "sign" else grad
             delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()})
-        bar.set_postfix({name: f"{value:.4g}" for name, value in log[-1].items()})
-    return (I_src + delta)[0], {"weights": weights, "steps": log}
+        bar.set_postfix({name: f"{value:.4g}" for name, value in log[-1].items() if name != "total"})
+    return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "steps": log}
 
 
 # ---------------------------------------------------------------- photo files
@@ -280,7 +307,7 @@ def protect_file(svd, photo, out, args, terms):
     start = time.perf_counter()
     I_adv, history = protect(svd, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
                          mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
-                         step_size=args.step_size, update=args.update, alpha=args.alpha, beta=args.beta,
+                         step_size=args.step_size, update=args.update, alpha=args.alpha, beta=args.beta, fidelity=args.fidelity,
                          gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
                          size=(args.height, args.width), attn_blocks=args.attn_blocks,
                          sample_steps=args.sample_steps, seed=args.seed, progress=True)
@@ -317,8 +344,8 @@ def main(argv=None):
     p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
     p.add_argument("--out", help="output PNG (one photo) or folder (several); default: <photo>.guarded.png beside each")
     p.add_argument("--mask", help="protect only where this image (same size as the photo) is brighter than mid-grey")
-    p.add_argument("--method", choices=["i2vguard", "photoguard", "random"], default="i2vguard",
-                   help="i2vguard, the encoder-only baseline, or random noise of the same L_inf")
+    p.add_argument("--method", choices=["i2vguard", "photoguard", "random-sign"], default="i2vguard",
+                   help="i2vguard, the encoder-only baseline, or random +-eps noise (same L_inf)")
     p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
     p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
     p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
@@ -327,9 +354,12 @@ def main(argv=None):
     p.add_argument("--step-size", type=fraction, default=1 / 255, help="lambda, the step size of each update")
     p.add_argument("--update", choices=["sign", "gradient"], default="sign",
                    help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of L_enc, relative to its first-step gradient")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of L_con, relative to its first-step gradient")
-    p.add_argument("--gamma", type=float, default=1.0, help="weight of L_att, relative to its first-step gradient")
+    p.add_argument("--fidelity", type=float, default=0.0,
+                   help="weight of ||I_adv - I_src||^2, relative to its calibrated gradient (0: the L_inf "
+                        "projection alone keeps the photo close)")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of L_con, relative to its calibrated gradient")
+    p.add_argument("--gamma", type=float, default=1.0, help="weight of L_att, relative to its calibrated gradient")
     p.add_argument("--tau1", type=float, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
     p.add_argument("--tau2", type=float, default=0.5, help="offset of L_att (does not change the gradient)")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=ATTN_BLOCKS,

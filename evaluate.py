@@ -34,7 +34,8 @@ from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
 
 # name: (protect's keyword arguments, the row's name in the tables)
 METHODS = {
-    "random": (dict(method="random"), "Random noise image"),
+    "random": (None, "Random noise image"),  # Gaussian, matched to i2vguard's perturbation (see matched_noise)
+    "random-sign": (dict(method="random-sign"), "Random ±eps noise image"),
     "i2vguard": (dict(method="i2vguard", terms=selected_terms()), "Our guarded image"),
     "no-spatial": (dict(method="i2vguard", terms=selected_terms(no_spatial=True)), "w.o. Spatial Attack"),
     "no-temporal": (dict(method="i2vguard", terms=selected_terms(no_temporal=True)), "w.o. Temporal Attack"),
@@ -94,11 +95,20 @@ def model_input(rgb8, size):
 
 
 def make_video(svd, rgb8, args):
-    """The video SVD makes from a photo with the run's seed: uint8 frames (F,3,H,W)."""
+    """The video SVD makes from a photo with the run's seed, as the adversary makes it (all frames decoded
+    together unless --decode-chunk says otherwise): uint8 frames (F,3,H,W)."""
     frames = generate(svd, model_input(rgb8, (args.height, args.width)), num_frames=args.frames,
                       steps=args.sample_steps, seed=args.seed, clip_image=rgb8.float() / 127.5 - 1,
-                      low_memory=args.low_memory)
+                      low_memory=args.low_memory, decode_chunk_size=args.decode_chunk or args.frames)
     return torch.from_numpy(to_uint8(frames)).permute(0, 3, 1, 2)  # (F, 3, H, W)
+
+
+def matched_noise(rgb8, guarded8, seed):
+    """The paper's random baseline: the photo plus Gaussian noise with the mean and standard deviation
+    (over all pixels and channels) of a guarded photo's perturbation, rounded and clipped to 8 bits."""
+    d = guarded8.double() - rgb8.double()
+    noise = torch.randn(d.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (rgb8.double() + d.mean() + d.std(correction=0) * noise).round().clamp(0, 255).to(torch.uint8)
 
 
 def video_metrics(judges, frames8):
@@ -130,11 +140,15 @@ def evaluate_photo(svd, judges, photo, folder, methods, args):
     clean8 = make_video(svd, rgb8, args)
     clean, clean_features = video_metrics(judges, clean8)
     record, rows = {"photo": photo.name, "videos": {"original": clean}}, [("original", rgb8, None, clean8)]
-    for name in methods:
-        I_adv, _ = protect(svd, (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
-                           steps=args.steps, num_frames=args.frames, size=(args.height, args.width),
-                           sample_steps=args.sample_steps, seed=args.seed)
-        guarded8 = quantise(rgb8, I_adv, args.eps, None)
+    guarded = {}
+    for name in sorted(methods, key=lambda m: m == "random"):  # random copies i2vguard's perturbation
+        if name == "random":
+            guarded8 = matched_noise(rgb8, guarded["i2vguard"], args.seed)
+        else:
+            I_adv, _ = protect(svd, (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
+                               steps=args.steps, num_frames=args.frames, size=(args.height, args.width),
+                               sample_steps=args.sample_steps, seed=args.seed)
+            guarded8 = guarded[name] = quantise(rgb8, I_adv, args.eps, None)
         save_photo(folder / f"{name}.png", guarded8, alpha, icc)
         frames8 = make_video(svd, guarded8, args)
         scores, features = video_metrics(judges, frames8)
@@ -252,11 +266,18 @@ def main(argv=None):
                    help="SVD dtype (default: bfloat16 on CUDA, float32 elsewhere); the judges run in float32")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="recompute activations in the backward pass (default: on for GPUs under 40 GiB)")
+    p.add_argument("--decode-chunk", type=int,
+                   help="frames decoded at a time (default: all at once, as the reference pipeline; the "
+                        "temporal decoder mixes frames, so chunks change the video)")
     args = p.parse_args(argv)
 
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         fail(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "random" in args.methods and "i2vguard" not in args.methods:
+        fail("--methods: random copies the mean and std of i2vguard's perturbation; add i2vguard")
+    if args.decode_chunk is not None and args.decode_chunk < 1:
+        fail("--decode-chunk must be at least 1")
     if args.steps < 1 or args.sample_steps < 1 or (args.frames is not None and args.frames < 3):
         fail("--steps and --sample-steps must be positive and --frames at least 3")
     if not 1 / 255 <= args.eps <= 1:

@@ -39,8 +39,8 @@ def attention_loss(A_adv, A_src, tau2):
     return tau2 - attention_distance(A_adv, A_src)
 
 
-def total_loss(terms, alpha, beta, gamma):
-    """Eq. 4, L = ||I_adv - I_src||^2 + alpha L_enc + beta L_con + gamma L_att, over the terms present
-    (an ablated term is absent and contributes nothing)."""
-    weights = {"img": 1.0, "enc": alpha, "con": beta, "att": gamma}
+def total_loss(terms, weights):
+    """Eq. 4, L = w_img ||I_adv - I_src||^2 + alpha L_enc + beta L_con + gamma L_att, over the terms present
+    (an ablated term is absent and contributes nothing); weights maps "img", "enc", "con", "att" to
+    w_img, alpha, beta, gamma."""
     return sum(weights[name] * value for name, value in terms.items())

@@ -43,11 +43,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-def resize_uint8(frames8, size, mode):
-    """torchvision's Resize on a uint8 tensor, antialias off (as VBench calls it): interpolate in float,
-    clamp after bicubic, round back to uint8."""
-    x = F.interpolate(frames8.float(), size=size, mode=mode, align_corners=False, antialias=False)
-    return (x.clamp(0, 255) if mode == "bicubic" else x).round().to(torch.uint8)
+def resize_frames(frames8, size, mode):
+    """VBench's Resize, antialias off, on the frames as float32 values 0..255 (VBench reads the video into
+    a float tensor before resizing): no rounding and no clamping, so bicubic overshoots stay."""
+    return F.interpolate(frames8.float(), size=size, mode=mode, align_corners=False, antialias=False)
 
 
 def shorter_side_size(height, width, n):
@@ -57,21 +56,22 @@ def shorter_side_size(height, width, n):
     return int(n * height / width), n
 
 
-def normalise(frames8, mean, std):
-    x = frames8.float() / 255
+def normalise(frames, mean, std):
+    """Float frames with values 0..255 -> (x / 255 - mean) / std per channel."""
+    x = frames / 255
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 def dino_pixels(frames8, n=224):
     """VBench's dino_transform: bilinear resize of the shorter side to n, no crop, ImageNet normalisation."""
     size = shorter_side_size(*frames8.shape[-2:], n)
-    return normalise(resize_uint8(frames8, size, "bilinear"), IMAGENET_MEAN, IMAGENET_STD)
+    return normalise(resize_frames(frames8, size, "bilinear"), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def clip_pixels(frames8, n=224):
     """VBench's clip_transform: bicubic resize of the shorter side to n, centre crop n x n, CLIP normalisation."""
     h, w = shorter_side_size(*frames8.shape[-2:], n)
-    x = resize_uint8(frames8, (h, w), "bicubic")
+    x = resize_frames(frames8, (h, w), "bicubic")
     top, left = int(round((h - n) / 2)), int(round((w - n) / 2))
     return normalise(x[..., top:top + n, left:left + n], CLIP_MEAN, CLIP_STD)
 

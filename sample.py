@@ -147,7 +147,7 @@ def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False, low_memor
             else:
                 D_uncond, D_cond = denoise(unet, torch.cat([x, x]), sigma, *both)[0].chunk(2)
             D = D_uncond + guidance * (D_cond - D_uncond)
-        x = euler_step(x, D, sigma, sigma_next)
+        x = euler_step(x.to(D.dtype), D, sigma, sigma_next).to(x.dtype)  # the step in float32, as the reference
     return x
 
 

@@ -26,7 +26,7 @@ def precondition(sigma):
 
 def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_maps=(), maps_only=False):
     """EDM eq. 7, D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with SVD's conditioning latents
-    concatenated to the scaled input; returns (D, {block name: temporal attention probs}), or with
+    concatenated to the scaled input; returns (D in float32 or wider, {block name: temporal attention probs}), or with
     maps_only (None, maps) from a UNet pass that stops after the last requested map.
 
     x, image_latents (B,F,4,h,w); sigma a number, 0-d or (B,) tensor; image_embeds (B,1,D); added_time_ids (B,3).
@@ -35,7 +35,11 @@ def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_ma
     c_skip, c_out, c_in = (c.to(x).reshape(-1, *(1,) * (x.ndim - 1)) for c in (c_skip, c_out, c_in))
     unet_input = torch.cat([c_in * x, image_latents], dim=2)  # (B, F, 8, h, w)
     F_x, maps = unet(unet_input, c_noise, image_embeds, added_time_ids, attn_maps, maps_only)
-    return (None if maps_only else c_skip * x + c_out * F_x), maps
+    if maps_only:
+        return None, maps
+    # the output combination in float32 (or wider) whatever the network's dtype, as the reference scheduler does it
+    wide = torch.promote_types(x.dtype, torch.float32)
+    return c_skip.to(wide) * x.to(wide) + c_out.to(wide) * F_x.to(wide), maps
 
 
 def euler_step(x, denoised, sigma, sigma_next):

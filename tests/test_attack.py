@@ -45,13 +45,12 @@ def mean_over_draws(obj, I, measure, n=8):
 
 
 def att_distance(obj, I, draw):
-    """||A_adv - A_src||^2 for I at this draw."""
+    """||A_adv - A_src||^2 for I at this draw, both passes through the same augmentation noise."""
     maps = {}
-    for name, x, c in (("adv", None, None), ("src", obj.x_src, obj.c_src)):
-        aug, sigma, noise = draw
-        if x is None:
-            x = attack.image_latents(obj.svd.vae, attack.to_model_input(I, obj.size), attack.NOISE_AUG, aug)
-            c = attack.clip_embedding(obj.svd.image_encoder, I * 2 - 1)
+    aug, sigma, noise = draw
+    for name, photo in (("adv", I), ("src", obj.I_src)):
+        x = attack.image_latents(obj.svd.vae, attack.to_model_input(photo, obj.size), attack.NOISE_AUG, aug)
+        c = attack.clip_embedding(obj.svd.image_encoder, photo * 2 - 1)
         X_t = obj.X_0 + sigma * noise
         latents = x[:, None].expand(-1, FRAMES, -1, -1, -1)
         maps[name] = attack.denoise(obj.svd.unet, X_t, sigma, latents, c, obj.time_ids, obj.attn_blocks)[1]
@@ -77,7 +76,7 @@ def test_full_loss_decreases(svd, I_src):
     I_adv, history = protect(svd, I_src, steps=10, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
     w = history["weights"]
     obj = objective(svd, I_src, TERMS)
-    loss = lambda o, I, d: total_loss(o(I, d), w["enc"], w["con"], w["att"]).item()
+    loss = lambda o, I, d: total_loss(o(I, d), w).item()
     # before: the photo itself (protect starts from a random point inside the budget)
     before, after = mean_over_draws(obj, I_src, loss), mean_over_draws(obj, I_adv, loss)
     print(f"\nL: {before:.6g} -> {after:.6g}")
@@ -100,13 +99,13 @@ def test_each_ablation_removes_exactly_its_term(I_src, flag, term):
     assert set(TERMS) - set(terms) == {term}
     full, ablated = objective(svd, I_src, TERMS), objective(svd, I_src, terms)
     I_adv = (I_src + 4 / 255 * torch.randn(I_src.shape).sign()).clamp(0, 1)[None].requires_grad_()
-    weights = {"alpha": 2.0, "beta": 3.0, "gamma": 5.0}
+    weights = {"img": 1.0, "enc": 2.0, "con": 3.0, "att": 5.0}
     draw = full.draw(torch.Generator().manual_seed(1))
     values = ablated(I_adv, draw)
     assert term not in values
-    g_ablated, = torch.autograd.grad(total_loss(values, **weights), I_adv)
+    g_ablated, = torch.autograd.grad(total_loss(values, weights), I_adv)
     full_values = full(I_adv, draw)
-    g_rest, = torch.autograd.grad(total_loss({k: v for k, v in full_values.items() if k != term}, **weights), I_adv)
+    g_rest, = torch.autograd.grad(total_loss({k: v for k, v in full_values.items() if k != term}, weights), I_adv)
     torch.testing.assert_close(g_ablated, g_rest, rtol=1e-5, atol=1e-8)
 
 
@@ -167,7 +166,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.fromarray(np.full((24, 40, 3), 128, np.uint8)).save(path, exif=exif)
     out = tmp_path / "rotated.guarded.png"
-    assert run(["--image", str(path), "--method", "random", *TINY]) == 0
+    assert run(["--image", str(path), "--method", "random-sign", *TINY]) == 0
     assert Image.open(out).size == (24, 40)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 import evaluate
 
 ARGS = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--steps", "2",
-        "--sample-steps", "2", "--methods", "random,no-temporal"]
+        "--sample-steps", "2", "--methods", "random-sign,no-temporal"]
 
 
 @pytest.fixture
@@ -30,14 +30,14 @@ def test_folder_protocol_end_to_end_and_resume(photos, tmp_path, capsys):
     assert "UNTRAINED" in printed.out and "Table 1" in printed.out and "Table 2" in printed.out
     assert (out / "tables.md").read_text() == printed.out
     for stem in "abc":
-        assert {p.name for p in (out / stem).iterdir()} == {"random.png", "no-temporal.png", "metrics.json", "contact.png"}
+        assert {p.name for p in (out / stem).iterdir()} == {"random-sign.png", "no-temporal.png", "metrics.json", "contact.png"}
         with Image.open(out / stem / "contact.png") as sheet:
             assert sheet.height == 3 * evaluate.SHEET_HEIGHT  # V_0 and one row per method
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 9 and {r["method"] for r in rows} == {"original", "random", "no-temporal"}
+    assert len(rows) == 9 and {r["method"] for r in rows} == {"original", "random-sign", "no-temporal"}
     record = json.loads((out / "results.json").read_text())[0]
-    assert 0 <= record["videos"]["random"]["subject_consistency"] <= 1
-    assert record["videos"]["random"]["psnr"] > 30  # 8/255 of uniform-sign noise: about 30.2 dB
+    assert 0 <= record["videos"]["random-sign"]["subject_consistency"] <= 1
+    assert record["videos"]["random-sign"]["psnr"] > 30  # 8/255 of uniform-sign noise: about 30.2 dB
 
     stamps = {stem: (out / stem / "metrics.json").stat().st_mtime_ns for stem in "abc"}
     evaluate.main(["--photos", str(photos), "--out", str(out)] + ARGS)

@@ -4,8 +4,8 @@
     python -m toy.train --out /tmp/toy --device cuda --unet-steps 20000   # a better toy on a GPU
 
 Two phases, as SVD's networks were made:
-1. the autoencoder (image encoder and temporal decoder) on 8-frame clips: L1 + L2 reconstruction of a
-   posterior sample, a small KL term; then the scaling factor = 1 / std of the latents, as Stable
+1. the autoencoder (image encoder and temporal decoder) on 8-frame clips: L1 + L2 reconstruction from
+   the posterior mean (the only latent the pipeline and the attack use), a small KL term; then the scaling factor = 1 / std of the latents, as Stable
    Diffusion set its 0.18215;
 2. the UNet with the EDM objective (`model/edm.py`'s preconditioning, loss weight (sigma^2+1)/sigma^2,
    i.e. unit weight on the network output) and SVD's conditioning: the noise-augmented first frame's
@@ -62,14 +62,13 @@ def lr_at(step, total, peak, warmup=100):
 
 
 def train_vae(vae, maker, steps, batch, g, device, log):
-    opt = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     for step in (bar := tqdm(range(steps), desc="vae")):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, 5e-4)
+            group["lr"] = lr_at(step, steps, 2e-3)
         frames = maker.make(batch, g)[0].flatten(0, 1).to(device)  # (B*F, 3, H, W)
         mean, logvar = vae.encode(frames)
-        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g).to(device)
-        recon = vae.decode(z, FRAMES)
+        recon = vae.decode(mean, FRAMES)  # the pipeline and the attack only ever use the posterior mean
         rec = (recon - frames).abs().mean() + (recon - frames).pow(2).mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
         loss = rec + 1e-5 * kl
@@ -149,7 +148,7 @@ def save_component(folder, network, class_name, stem, extra=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (official layout)")
-    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--unet-steps", type=int, default=3600)
     p.add_argument("--vae-batch", type=int, default=2, help="clips per VAE step")
     p.add_argument("--unet-batch", type=int, default=4, help="clips per UNet step")

@@ -1,0 +1,155 @@
+"""What runs is what the paper and the reference pipeline say: the source pass sees the attacked pass's
+conditioning, the term weights do not hinge on one random draw, evaluation videos are decoded as the
+pipeline decodes them, the random baseline copies i2vguard's perturbation statistics, and VBench's
+resize is reproduced on float frames."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import attack
+import evaluate
+import metrics
+from attack import TERMS, Objective, calibrate
+from sample import generate
+from weights import tiny_svd
+
+SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 3, 4
+
+
+def make_photo():
+    g = torch.Generator().manual_seed(5)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 5, generator=g), size=(64, 64), mode="bilinear")
+    return (smooth[0] + 0.05 * torch.rand(3, 64, 64, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return make_photo()
+
+
+def objective(svd, I_src, terms=TERMS):
+    return Objective(svd, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
+                     attn_blocks=attack.ATTN_BLOCKS, sample_steps=SAMPLE_STEPS, seed=0)
+
+
+def test_attention_distance_and_gradient_vanish_at_the_source(photo):
+    svd = tiny_svd(0, dtype=torch.float64)
+    I_src = photo.double()
+    obj = objective(svd, I_src, ("img", "enc", "att"))
+    g = torch.Generator().manual_seed(7)
+    for step in range(SAMPLE_STEPS):  # every noise level, each with its own augmentation and X_t noise
+        I_adv = I_src[None].clone().requires_grad_()
+        values = obj(I_adv, obj.draw(g, step))
+        distance = obj.tau2 - values["att"]  # L_att = tau2 - ||A_adv - A_src||^2
+        grad, = torch.autograd.grad(distance, I_adv)
+        assert distance.item() == 0 and grad.abs().max().item() == 0
+
+
+def test_encoder_target_shares_the_augmentation_draw():
+    """At I_adv = I_tg (black) L_enc is exactly zero: the target is encoded through the same noise."""
+    svd = tiny_svd(0, dtype=torch.float64)
+    black = torch.zeros(3, 64, 64, dtype=torch.float64)
+    obj = objective(svd, black, ("img", "enc"))
+    values = obj(black[None], obj.draw(torch.Generator().manual_seed(3), 0))
+    assert values["enc"].item() == 0
+
+
+def calibrated_ratios(svd, photo, seed, eps=8 / 255):
+    g = torch.Generator().manual_seed(seed)
+    start = (photo + eps * (torch.rand(photo.shape, generator=g) * 2 - 1)).clamp(0, 1)[None]
+    weights, _ = calibrate(objective(svd, photo), start, {"img": 0.0, "enc": 1.0, "con": 1.0, "att": 1.0})
+    return weights["con"] / weights["enc"], weights["att"] / weights["enc"]
+
+
+def test_calibrated_weights_agree_over_seeds(photo):
+    svd = tiny_svd(0)
+    ratios = [calibrated_ratios(svd, photo, seed) for seed in range(4)]
+    print("\nbeta'/alpha', gamma'/alpha' over seeds 0-3:", [(f"{b:.3g}", f"{c:.3g}") for b, c in ratios])
+    for k in range(2):
+        values = [r[k] for r in ratios]
+        assert max(values) / min(values) < 2
+
+
+def test_calibrated_weights_do_not_depend_on_the_thread_count(photo):
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); torch.set_num_threads(int(sys.argv[1])); "
+            "from test_faithful import calibrated_ratios, make_photo; from weights import tiny_svd; "
+            "print(*calibrated_ratios(tiny_svd(0), make_photo(), 0))")
+    root = attack.Path(attack.__file__).parent
+    outputs = [subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(n)], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.split() for n in (1, 2)]
+    for one, two in zip(*outputs):
+        assert math.isclose(float(one), float(two), rel_tol=1e-3)
+
+
+def test_protect_records_the_calibration(photo):
+    svd = tiny_svd(0)
+    _, history = attack.protect(svd, photo, steps=1, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS,
+                                fidelity=1.0)
+    calibration = history["calibration"]
+    assert len(calibration["sigmas"]) == min(attack.CALIBRATION_DRAWS, SAMPLE_STEPS)
+    assert history["weights"]["img"] == pytest.approx(1.0 / calibration["mean_abs_grad"]["img"])
+    assert all(history["weights"][name] > 0 for name in TERMS)
+
+
+class Args:
+    height, width, frames, sample_steps, seed, low_memory, decode_chunk = 64, 64, FRAMES, 2, 0, True, None
+
+
+def test_evaluation_videos_decode_all_frames_at_once():
+    svd = tiny_svd(0)
+    rgb8 = (torch.rand(3, 64, 64) * 255).to(torch.uint8)
+    video8 = evaluate.make_video(svd, rgb8, Args)
+    expected = generate(svd, evaluate.model_input(rgb8, (64, 64)), num_frames=FRAMES, steps=2, seed=0,
+                        clip_image=rgb8.float() / 127.5 - 1, decode_chunk_size=FRAMES)
+    assert torch.equal(video8, torch.from_numpy(evaluate.to_uint8(expected)).permute(0, 3, 1, 2))
+
+
+def test_random_baseline_copies_the_perturbation_statistics():
+    g = torch.Generator().manual_seed(0)
+    rgb8 = torch.full((3, 96, 96), 128, dtype=torch.uint8)  # mid-grey: no clipping
+    guarded8 = (rgb8.int() + torch.randint(-8, 9, rgb8.shape, generator=g) + 2).to(torch.uint8)
+    random8 = evaluate.matched_noise(rgb8, guarded8, seed=0)
+    d_guard, d_random = guarded8.double() - 128, random8.double() - 128
+    assert d_random.mean().item() == pytest.approx(d_guard.mean().item(), abs=0.05)
+    assert d_random.std().item() == pytest.approx(d_guard.std().item(), rel=0.02)
+    assert d_random.abs().max() > 8  # Gaussian: no L_inf budget
+
+
+def interpolation_matrix(n_in, n_out, mode):
+    """(n_out, n_in) weights of PyTorch's 1-D linear / cubic (A = -0.75) resize, align_corners=False, no antialias."""
+    M = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        if mode == "bilinear":
+            src = max(src, 0.0)
+            i0, t = math.floor(src), src - math.floor(src)
+            M[i, min(i0, n_in - 1)] += 1 - t
+            M[i, min(i0 + 1, n_in - 1)] += t
+        else:
+            A, i0 = -0.75, math.floor(src)
+            t = src - i0
+
+            def near(x):
+                return ((A + 2) * x - (A + 3)) * x * x + 1
+
+            def far(x):
+                return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+
+            for offset, w in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+                M[i, min(max(i0 + offset, 0), n_in - 1)] += w
+    return M
+
+
+@pytest.mark.parametrize("mode, size", [("bilinear", (30, 47)), ("bicubic", (30, 47)), ("bicubic", (9, 5))])
+def test_vbench_resize_is_float_without_rounding_or_clamping(mode, size):
+    g = torch.Generator().manual_seed(0)
+    frames8 = (torch.rand(2, 3, 13, 17, generator=g) > 0.5).to(torch.uint8) * 255  # hard edges: bicubic overshoots
+    expected = interpolation_matrix(13, size[0], mode) @ frames8.double() @ interpolation_matrix(17, size[1], mode).T
+    resized = metrics.resize_frames(frames8, size, mode)
+    assert resized.dtype == torch.float32
+    torch.testing.assert_close(resized.double(), expected, rtol=0, atol=1e-3)
+    if mode == "bicubic":
+        assert resized.min() < 0 and resized.max() > 255
