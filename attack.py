@@ -85,7 +85,8 @@ class Objective:
                 # Generate original video V_0 = P(I_src)
                 V_0 = generate(svd, to_model_input(I_src, size)[0], num_frames=num_frames, steps=sample_steps,
                                fps=FPS, motion_bucket_id=MOTION_BUCKET_ID, noise_aug_strength=NOISE_AUG,
-                               seed=seed, progress=progress and "V_0, the source's video", clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
+                               seed=seed, progress=progress and "V_0, the source's video",
+                               clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
             if V_0 is not None:
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
                 self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
@@ -182,10 +183,11 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
 
 
 def check_finite(step, tensors):
-    """Stop at the first NaN or infinity among the step's losses, gradient and I_adv: every later step would be garbage."""
+    """Stop at the first NaN or infinity in a step's losses, gradient or I_adv: every later step would be garbage."""
     broken = [name for name, t in tensors.items() if not t.isfinite().all()]
     if broken:
-        raise ValueError(f"{', '.join(broken)} not finite at step {step + 1}: the model's weights or the settings are broken")
+        raise ValueError(f"{', '.join(broken)} not finite at step {step + 1}: the model's weights or the settings "
+                         "are broken")
 
 
 # ---------------------------------------------------------------- photo files
@@ -335,11 +337,12 @@ def main(argv=None):
                    help="the adversary's model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
     p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
                    help="denoising steps of V_0 and the preview videos")
-    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the random start, noise draws and videos")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="seed of the random start, noise draws and videos")
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id, local folder in the official layout, "
                    "or 'tiny' (untrained random weights: protects nothing, for tests)")
-    p.add_argument("--variant", type=variant, default="fp16",
-                   help="weight files: fp16 for *.fp16.safetensors (as the official repos ship), none for *.safetensors")
+    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")

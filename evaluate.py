@@ -162,8 +162,8 @@ def tile(image8, height):
 
 
 def contact_sheet(rows):
-    """The bytes of a PNG with one row per video: the photo (source or guarded), its difference from the source x DIFF_GAIN,
-    and evenly spaced frames of the video SVD made from it, each labelled."""
+    """The bytes of a PNG with one row per video: the photo (source or guarded), its difference from the
+    source x DIFF_GAIN, and evenly spaced frames of the video SVD made from it, each labelled."""
     strips = []
     for name, photo8, diff, frames8 in rows:
         picks = np.unique(np.linspace(0, len(frames8) - 1, min(SHEET_FRAMES, len(frames8))).round().astype(int))
@@ -272,17 +272,21 @@ def main(argv=None):
                    help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--model", default=DEFAULT_MODEL, help="SVD: hub repo id, local folder, or 'tiny' (untrained "
                    "random networks, with random judges too: the numbers mean nothing, for tests)")
-    p.add_argument("--variant", type=variant, default="fp16",
-                   help="SVD weight files: fp16 for *.fp16.safetensors (as the official repos ship), none for *.safetensors")
+    p.add_argument("--variant", type=variant, default="fp16", help="SVD weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
     p.add_argument("--dino", default=DINO_SOURCE, help="hub repo or local folder with DINO ViT-B/16 model.safetensors")
     p.add_argument("--aesthetic", default=AESTHETIC_SOURCE,
                    help="hub repo or local folder with the LAION aesthetic predictor v1 (ViT-L/14) model.safetensors")
     p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
     p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
-    p.add_argument("--frames", type=integer(3, MAX_FRAMES), help="video frames, at least 3 (default: the model's num_frames)")
-    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25, help="denoising steps of every video")
-    p.add_argument("--height", type=integer(8, MAX_SIDE), help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
-    p.add_argument("--width", type=integer(8, MAX_SIDE), help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+    p.add_argument("--frames", type=integer(3, MAX_FRAMES),
+                   help="video frames, at least 3 (default: the model's num_frames)")
+    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
+                   help="denoising steps of every video")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks and of every video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],

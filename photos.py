@@ -52,7 +52,7 @@ def check_still(im):
 
 
 def to_8bit(im):
-    """A decoded image in any Pillow mode -> RGB or RGBA with 8 bits per channel (16-bit gray is scaled, not clipped)."""
+    """A decoded image in any Pillow mode -> RGB or RGBA, 8 bits per channel (16-bit gray is scaled, not clipped)."""
     if im.mode == "F":
         raise ValueError("a floating-point image: save it with 8 or 16 bits per channel")
     if im.mode.startswith("I"):  # gray: I;16 (16-bit files), or I (how older Pillow opens them; also 32-bit files)

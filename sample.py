@@ -244,8 +244,8 @@ def main(argv=None):
     p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="hub repo id, local folder in the official layout, or 'tiny' (untrained, for tests)")
-    p.add_argument("--variant", type=variant, default="fp16",
-                   help="weight files: fp16 for *.fp16.safetensors (as the official repos ship), none for *.safetensors")
+    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames)")
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
                    help="denoising steps of the sampler")
@@ -256,12 +256,17 @@ def main(argv=None):
     p.add_argument("--min-guidance", type=number, default=1.0, help="guidance scale of the first frame")
     p.add_argument("--max-guidance", type=number, default=3.0,
                    help="guidance scale of the last frame; 1 or less turns guidance off")
-    p.add_argument("--height", type=integer(8, MAX_SIDE), help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
-    p.add_argument("--width", type=integer(8, MAX_SIDE), help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
-                   help="guidance branches one at a time, decoding 2 frames at a time (default: on for GPUs under 40 GiB)")
-    p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES), help="frames decoded at a time (default: all at once)")
-    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the noise: a seed gives the same video")
+                   help="guidance branches one at a time, decoding 2 frames at a time "
+                        "(default: on for GPUs under 40 GiB)")
+    p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES),
+                   help="frames decoded at a time (default: all at once)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="seed of the noise: a seed gives the same video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere)")
