@@ -11,7 +11,7 @@ The guarded photo is written as a PNG at the photo's own size, with a JSON repor
 example: python attack.py --image examples/astronaut.png
 """
 import argparse
-import json
+import io
 import math
 import os
 import resource
@@ -19,27 +19,37 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import ImageDraw
 from tqdm import tqdm
 
+from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
+                 default_dtype, fail, integer, json_bytes, number, one_line, parse_device, refuse_clashes,
+                 variant, weights_hint, write_files)
+from figures import attention_figure, temporal_maps
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from metrics import psnr, ssim
 from model.edm import denoise, karras_sigmas
-from sample import (added_time_ids, clip_embedding, default_low_memory, fail, generate, image_latents, load_image,
-                    load_model, model_size, parse_device, save_video, write_atomically)
+from photos import png_bytes, read_mask, read_photo
+from sample import (added_time_ids, clip_embedding, default_low_memory, generate, image_latents, load_model,
+                    model_input, model_size, to_images, video_bytes)
 from weights import DEFAULT_MODEL, WeightsError
 
 # The adversary's pipeline settings the attack optimises against (the reference pipeline's defaults).
 FPS, MOTION_BUCKET_ID, NOISE_AUG = 7, 127, 0.02
-# A: the temporal self-attention of the last downsampling level that has attention (both its layers).
-ATTN_BLOCKS = ("down_blocks.2.attentions.0", "down_blocks.2.attentions.1")
 TERMS = ("img", "enc", "con", "att")
 # The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule.
 CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def default_attn_blocks(unet):
+    """A: the temporal self-attention of the last downsampling level that has attention, all its layers
+    (SVD: down_blocks.2.attentions.0 and .1)."""
+    down = [name for name in unet.attention_names if name.startswith("down_blocks.")]
+    last = max(int(name.split(".")[1]) for name in down)
+    return tuple(name for name in down if name.startswith(f"down_blocks.{last}."))
 
 
 def to_model_input(I, size):
@@ -82,7 +92,8 @@ class Objective:
                 # Generate original video V_0 = P(I_src)
                 V_0 = generate(svd, to_model_input(I_src, size)[0], num_frames=num_frames, steps=sample_steps,
                                fps=FPS, motion_bucket_id=MOTION_BUCKET_ID, noise_aug_strength=NOISE_AUG,
-                               seed=seed, progress=progress, clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
+                               seed=seed, progress=progress and "V_0, the source's video",
+                               clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
             if V_0 is not None:
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
                 self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
@@ -163,7 +174,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 
 def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
-            size=(576, 1024), attn_blocks=ATTN_BLOCKS, sample_steps=25, seed=0, progress=False):
+            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, progress=False):
     """Algorithm 1: the source photo I_src (3,H0,W0) in [0,1] -> (I_adv (3,H0,W0) in [0,1], per-step log).
 
     method "photoguard" keeps only L_enc (the encoder attack); "random-sign" returns uniform-sign noise
@@ -171,6 +182,7 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
     attack). The weights of Eq. 4 are fidelity, alpha, beta, gamma divided by the mean absolute
     gradient of their term at the start (`calibrate`).
     """
+    attn_blocks = attn_blocks or default_attn_blocks(svd.unet)
     unknown = set(attn_blocks) - set(svd.unet.attention_names)
     if unknown:
         raise ValueError(f"no temporal attention named {sorted(unknown)}")
@@ -200,34 +212,21 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
         with torch.no_grad():
             step = grad.sign() if update == "sign" else grad
             delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
+        check_finite(len(log), values | {"total": L, "gradient": grad, "I_adv": delta})
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()})
         bar.set_postfix({name: f"{value:.4g}" for name, value in log[-1].items() if name != "total"})
     return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "steps": log}
 
 
+def check_finite(step, tensors):
+    """Stop at the first NaN or infinity in a step's losses, gradient or I_adv: every later step would be garbage."""
+    broken = [name for name, t in tensors.items() if not t.isfinite().all()]
+    if broken:
+        raise ValueError(f"{', '.join(broken)} not finite at step {step + 1}: the model's weights or the settings "
+                         "are broken")
+
+
 # ---------------------------------------------------------------- photo files
-def read_photo(path):
-    """A photo file -> (RGB uint8 (3,H,W), alpha uint8 (H,W) or None, ICC profile), EXIF orientation applied."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        icc = im.info.get("icc_profile")
-        alpha = None
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            im = im.convert("RGBA")
-            alpha = np.asarray(im.getchannel("A"))
-        rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W)
-    return rgb, alpha, icc
-
-
-def read_mask(path, shape):
-    """A mask image of the photo's size -> (H,W) float of 0/1; pixels brighter than mid-grey are protected."""
-    with Image.open(path) as im:
-        mask = np.asarray(ImageOps.exif_transpose(im).convert("L")) > 127
-    if mask.shape != tuple(shape):
-        raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the photo {shape[1]}x{shape[0]}")
-    return torch.from_numpy(mask).float()
-
-
 def quantise(src8, I_adv, eps, mask):
     """The guarded photo in 8 bits: src8 moved by at most floor(255 eps) levels, and not at all outside the mask."""
     q = math.floor(eps * 255 + 1e-6)
@@ -237,53 +236,76 @@ def quantise(src8, I_adv, eps, mask):
     return (src8.float() + d).clamp(0, 255).to(torch.uint8)
 
 
-def save_photo(path, rgb8, alpha, icc):
-    """Write (3,H,W) uint8 (+ alpha) as a PNG, atomically."""
-    array = rgb8.permute(1, 2, 0).numpy()
-    im = Image.fromarray(np.dstack([array, alpha]) if alpha is not None else array)
-    write_atomically(path, lambda tmp: im.save(tmp, format="PNG", **({"icc_profile": icc} if icc else {})))
-
-
-def preview(svd, source_path, guarded_path, out_path, size, num_frames, seed, steps):
-    """Videos from the source photo and from the saved guarded photo, same seed, as the adversary would
-    make them; a side-by-side GIF: photos on top, their videos below."""
-    videos = []
-    for path in (source_path, guarded_path):
-        image = load_image(path, size)
-        frames = generate(svd, image, num_frames=num_frames, steps=steps, seed=seed, clip_image=load_image(path))
+def preview(svd, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
+    """The videos SVD makes from the source photo and from the guarded one (same seed), as the adversary
+    would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif, .after.gif,
+    .preview.gif side by side (photos on top, their videos below, each column labelled), and
+    .attention.png, the temporal attention maps of the attacked blocks (figures.py)."""
+    videos, inputs = [], {}
+    for name, rgb8 in (("source", src8), ("guarded", guarded8)):
+        image = model_input(rgb8, size)
+        frames = generate(svd, image, num_frames=num_frames, steps=steps, seed=seed,
+                          clip_image=rgb8.float() / 127.5 - 1, progress=f"video of the {name} photo")
         videos.append((image, frames.cpu()))
-    for (_, frames), suffix in zip(videos, (".before.gif", ".after.gif")):
-        save_video(frames, out_path.with_suffix(suffix), FPS)
+        device = frames.device
+        inputs[name] = (image[None].to(device), (rgb8.float() / 127.5 - 1)[None].to(device))
     (src, V_src), (adv, V_adv) = videos
     top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
     grid = torch.stack([torch.cat([top, torch.cat([a, b], dim=-1)], dim=-2) for a, b in zip(V_src, V_adv)])
-    save_video(grid, out_path.with_suffix(".preview.gif"), FPS)  # (F, 3, 2H, 2W)
+    side_by_side = to_images(grid)  # F images (2W, 2H)
+    for im in side_by_side:
+        draw = ImageDraw.Draw(im)
+        for x, label in ((0, "source"), (im.width // 2, "guarded")):
+            draw.text((x + 3, 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
+
+    # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        X_0 = encode_frames(svd.vae, V_src.to(device))[None]  # (1, F, 4, h, w)
+    sigma = karras_sigmas(steps)[steps // 2].item()
+    X_t = X_0 + sigma * torch.randn(X_0.shape, generator=g).to(device)
+    aug = torch.randn((1, 3, *size), generator=g).to(device)
+    time_ids = added_time_ids(FPS, MOTION_BUCKET_ID, NOISE_AUG).to(device)
+    maps = temporal_maps(svd, inputs, X_t, sigma, time_ids, aug, attn_blocks)
+    figure = io.BytesIO()
+    attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
+    return {".before.gif": video_bytes(to_images(V_src), FPS), ".after.gif": video_bytes(to_images(V_adv), FPS),
+            ".preview.gif": video_bytes(side_by_side, FPS), ".attention.png": figure.getvalue()}
 
 
 # ---------------------------------------------------------------- command line
-def fraction(text):
-    """'8/255' or '0.03' -> float."""
-    try:
-        num, _, den = text.partition("/")
-        return float(num) / float(den) if den else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
-
-
 def list_photos(paths):
+    """Photo files and folders of photos -> the photo files, each once (guarded outputs in folders left out)."""
     photos = []
     for p in map(Path, paths):
         if p.is_dir():
             photos += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and ".guarded" not in f.name)
         else:
             photos.append(p)
-    return photos
+    unique = {}
+    for p in photos:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
 
 
-def output_path(photo, out, several):
+def output_paths(photos, inputs, out):
+    """Where each photo's guarded PNG goes: beside it by default; else --out names one PNG, or a folder when
+    it is one, ends in a slash, or a folder or several photos were given."""
     if out is None:
-        return photo.with_name(f"{photo.stem}.guarded.png")
-    return Path(out) / f"{photo.stem}.guarded.png" if several else Path(out)
+        return [p.with_name(f"{p.stem}.guarded.png") for p in photos]
+    if len(photos) > 1 or any(Path(i).is_dir() for i in inputs) or out.endswith(("/", os.sep)) or Path(out).is_dir():
+        check_writable(out, may_create=True)
+        return [Path(out) / f"{p.stem}.guarded.png" for p in photos]
+    if Path(out).suffix.lower() != ".png":
+        fail(f"--out must be a .png file, or a folder (end it with /), got {out}")
+    check_writable(Path(out).parent)
+    return [Path(out)]
+
+
+def files_written(out, preview):
+    """The files written for one photo: the guarded PNG, its report and, with --preview, three GIFs."""
+    suffixes = [".json"] + [".before.gif", ".after.gif", ".preview.gif", ".attention.png"] * preview
+    return [out] + [out.with_suffix(suffix) for suffix in suffixes]
 
 
 def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
@@ -292,27 +314,23 @@ def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
     return tuple(name for name in TERMS if not dropped.get(name))
 
 
-def protect_file(svd, photo, out, args, terms):
-    """Protect one photo file: returns the report written beside `out`."""
-    if out.resolve() == photo.resolve():
-        raise ValueError("the output path is the input photo; refusing to overwrite it")
-    try:
-        rgb8, alpha, icc = read_photo(photo)
-    except OSError as e:
-        raise ValueError(f"cannot read {photo} as an image ({e})") from None
-    mask = read_mask(args.mask, rgb8.shape[-2:]) if args.mask else None
+def protect_file(svd, photo, out, mask, args, terms):
+    """Protect one photo file: writes the guarded PNG, its report beside it and, with --preview, the videos,
+    all or nothing; returns the report."""
+    rgb8, alpha, icc = read_photo(photo)
+    if mask is not None and mask.shape != rgb8.shape[-2:]:
+        raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {rgb8.shape[2]}x{rgb8.shape[1]}")
     device = next(svd.unet.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     I_adv, history = protect(svd, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
-                         mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
-                         step_size=args.step_size, update=args.update, alpha=args.alpha, beta=args.beta, fidelity=args.fidelity,
-                         gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
-                         size=(args.height, args.width), attn_blocks=args.attn_blocks,
-                         sample_steps=args.sample_steps, seed=args.seed, progress=True)
+                             mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
+                             step_size=args.step_size, update=args.update, fidelity=args.fidelity, alpha=args.alpha,
+                             beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
+                             size=(args.height, args.width), attn_blocks=args.attn_blocks,
+                             sample_steps=args.sample_steps, seed=args.seed, progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
-    save_photo(out, guarded8, alpha, icc)
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255
     report = {
@@ -323,9 +341,13 @@ def protect_file(svd, photo, out, args, terms):
         "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
         "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
     }
+    files = {out: png_bytes(guarded8, alpha, icc)}
     if args.preview:
-        preview(svd, photo, out, out, (args.height, args.width), args.frames, args.seed, args.sample_steps)
-    write_atomically(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+        videos = preview(svd, rgb8, guarded8, (args.height, args.width), args.frames, args.seed, args.sample_steps,
+                         args.attn_blocks)
+        files |= {out.with_suffix(suffix): data for suffix, data in videos.items()}
+    files[out.with_suffix(".json")] = json_bytes(report)
+    write_files(files)
     return report
 
 
@@ -336,41 +358,48 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+@command
 def main(argv=None):
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p = Parser(description=__doc__)
     p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
-    p.add_argument("--out", help="output PNG (one photo) or folder (several); default: <photo>.guarded.png beside each")
+    p.add_argument("--out", help="output PNG (one photo) or folder (several photos, a folder, or a path ending "
+                   "in /); default: <photo>.guarded.png beside each photo")
     p.add_argument("--mask", help="protect only where this image (same size as the photo) is brighter than mid-grey")
     p.add_argument("--method", choices=["i2vguard", "photoguard", "random-sign"], default="i2vguard",
                    help="i2vguard, the encoder-only baseline, or random +-eps noise (same L_inf)")
     p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
     p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
     p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
-    p.add_argument("--steps", type=int, default=50, help="attack iterations")
-    p.add_argument("--eps", type=fraction, default=8 / 255, help="L_inf budget in [0,1] pixel units, e.g. 8/255")
-    p.add_argument("--step-size", type=fraction, default=1 / 255, help="lambda, the step size of each update")
+    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
+    p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
+    p.add_argument("--step-size", type=number, default="1/255", help="lambda, the step size of each update")
     p.add_argument("--update", choices=["sign", "gradient"], default="sign",
                    help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
-    p.add_argument("--fidelity", type=float, default=0.0,
+    p.add_argument("--fidelity", type=number, default=0.0,
                    help="weight of ||I_adv - I_src||^2, relative to its calibrated gradient (0: the L_inf "
                         "projection alone keeps the photo close)")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of L_con, relative to its calibrated gradient")
-    p.add_argument("--gamma", type=float, default=1.0, help="weight of L_att, relative to its calibrated gradient")
-    p.add_argument("--tau1", type=float, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
-    p.add_argument("--tau2", type=float, default=0.5, help="offset of L_att (does not change the gradient)")
-    p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=ATTN_BLOCKS,
-                   help="comma-separated UNet transformer names whose temporal attention maps are attacked")
-    p.add_argument("--frames", type=int, help="video frames (default: the model's num_frames)")
-    p.add_argument("--height", type=int, help="the adversary's model resolution, a multiple of 8 (default: 576; 128 for tiny)")
-    p.add_argument("--width", type=int, help="the adversary's model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
-    p.add_argument("--sample-steps", type=int, default=25, help="sampling steps of V_0 and the preview videos")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random start, noise draws and videos")
+    p.add_argument("--alpha", type=number, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
+    p.add_argument("--beta", type=number, default=1.0, help="weight of L_con, relative to its calibrated gradient")
+    p.add_argument("--gamma", type=number, default=1.0, help="weight of L_att, relative to its calibrated gradient")
+    p.add_argument("--tau1", type=number, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
+    p.add_argument("--tau2", type=number, default=0.5, help="offset of L_att (does not change the gradient)")
+    p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
+                   help="comma-separated UNet transformer names whose temporal attention maps are attacked "
+                        "(default: every one of the last downsampling level that has attention; SVD: "
+                        "down_blocks.2.attentions.0,down_blocks.2.attentions.1)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="video frames (default: the model's num_frames)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="the adversary's model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="the adversary's model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
+                   help="denoising steps of V_0 and the preview videos")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="seed of the random start, noise draws and videos")
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id, local folder in the official layout, "
                    "or 'tiny' (untrained random weights: protects nothing, for tests)")
+    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
@@ -382,49 +411,50 @@ def main(argv=None):
 
     if not 1 / 255 <= args.eps <= 1:
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
-    if args.step_size <= 0 or args.steps < 1 or args.sample_steps < 1 or (args.frames is not None and args.frames < 1):
-        fail("--step-size, --steps, --sample-steps and --frames must be positive")
+    if args.step_size <= 0:
+        fail(f"--step-size must be positive, got {args.step_size:g}")
     args.height, args.width = model_size(args.height, args.width, args.model)
-    if args.mask and not Path(args.mask).is_file():
-        fail(f"no such mask file: {args.mask}")
     photos = list_photos(args.image)
     missing = [str(p) for p in photos if not p.is_file()]
     if missing or not photos:
         fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
-    several = len(photos) > 1
-    folder = Path(args.out) if several and args.out else Path(args.out or photos[0]).parent
-    if several and args.out:
-        folder.mkdir(parents=True, exist_ok=True)
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        fail(f"cannot write to {folder}")
+    try:
+        mask = read_mask(args.mask) if args.mask else None
+    except ValueError as e:
+        fail(f"--mask {args.mask}: {e}")
+    outs = output_paths(photos, args.image, args.out)
+    inputs = photos + ([Path(args.mask)] if args.mask else [])
+    refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
+                   inputs)
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
     device = parse_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    args.dtype = args.dtype or default_dtype(device)
     try:
-        svd = load_model(args.model, device, dtype)
+        svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
     except WeightsError as e:
-        fail(str(e))
+        fail(f"{e}{weights_hint(args.model)}", FAILURE)
+    args.frames = args.frames or svd.unet.config.num_frames
     if args.low_memory is None:
         args.low_memory = default_low_memory(device)
     svd.unet.checkpointing = svd.vae.checkpointing = args.low_memory
+    args.attn_blocks = args.attn_blocks or default_attn_blocks(svd.unet)
     unknown = set(args.attn_blocks) - set(svd.unet.attention_names)
     if unknown:
         fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")
 
     failures = []
-    for photo in photos:
-        out = output_path(photo, args.out, several)
+    for photo, out in zip(photos, outs):
         try:
-            report = protect_file(svd, photo, out, args, terms)
+            report = protect_file(svd, photo, out, mask, args, terms)
             print(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
                   f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s", file=sys.stderr)
-        except (ValueError, OSError) as e:
-            failures.append(f"{photo}: {e}")
-            print(f"attack.py: error: {photo}: {e}", file=sys.stderr)
-    if several:
+        except (ValueError, OSError, RuntimeError, MemoryError) as e:
+            failures.append(photo)
+            print(f"attack.py: error: {photo}: {one_line(e)}", file=sys.stderr)
+    if len(photos) > 1:
         print(f"{len(photos) - len(failures)} of {len(photos)} photos protected", file=sys.stderr)
     if failures:
-        sys.exit(1)
+        sys.exit(FAILURE)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ makes from each guarded photo with the same seed, then
           moved from V_0 (per-frame PSNR and SSIM, DINO feature similarity);
   Table 2 (photos): PSNR and SSIM between the photo and its guarded version.
 Writes OUT/tables.md (mean ± std per method), OUT/results.csv and OUT/results.json (per photo), and per
-photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done are skipped.
+photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done with the same
+settings are skipped; a photo that fails is reported and the others go on.
 
-example: python evaluate.py --photos photos/ --out results/
+example: python evaluate.py --image photos/ --out results/
 """
 import argparse
 import csv
@@ -24,12 +25,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
+from tqdm import tqdm
 
 import metrics
-from attack import fraction, list_photos, protect, quantise, read_photo, save_photo, selected_terms
+from attack import list_photos, protect, quantise, selected_terms
+from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
+                 default_dtype, fail, integer, json_bytes, number, one_line, parse_device, refuse_clashes,
+                 variant, weights_hint, write_files)
 from model import DINO, AestheticPredictor, CLIPConfig, ViTConfig
-from sample import (default_low_memory, fail, generate, load_model, model_size, parse_device, to_model_image,
-                    to_uint8, write_atomically)
+from photos import png_bytes, read_photo
+from sample import default_low_memory, encoded, generate, load_model, model_input, model_size, to_uint8
 from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
 
 # name: (protect's keyword arguments, the row's name in the tables)
@@ -63,7 +68,6 @@ SHEET_HEIGHT, SHEET_FRAMES, DIFF_GAIN = 128, 8, 10
 class Judges:
     dino: DINO
     aesthetic: AestheticPredictor
-    untrained: bool = False
 
 
 def load_judges(dino_source, aesthetic_source, device):
@@ -85,15 +89,10 @@ def tiny_judges(seed=0, device="cpu"):
         aesthetic = AestheticPredictor(CLIPConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                   num_attention_heads=2, patch_size=32, projection_dim=16,
                                                   hidden_act="quick_gelu"))
-    return Judges(dino.eval().to(device), aesthetic.eval().to(device), untrained=True)
+    return Judges(dino.eval().to(device), aesthetic.eval().to(device))
 
 
 # ---------------------------------------------------------------- one photo
-def model_input(rgb8, size):
-    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1], resized as sample.load_image resizes a photo file."""
-    return to_model_image(Image.fromarray(rgb8.permute(1, 2, 0).numpy()), size)
-
-
 def make_video(svd, rgb8, args):
     """The video SVD makes from a photo with the run's seed, as the adversary makes it (all frames decoded
     together unless --decode-chunk says otherwise): uint8 frames (F,3,H,W)."""
@@ -112,52 +111,65 @@ def matched_noise(rgb8, guarded8, seed):
 
 
 def video_metrics(judges, frames8):
-    """The VBench scores of one video, and its DINO features (F, D) for the comparisons."""
+    """The VBench scores of one video, and its DINO features (F, D) for the comparisons; without judges
+    (None) only the scores that need none, and no features."""
+    change = (frames8[1:].double() - frames8[:-1].double()).abs().mean().item()
+    scores = {"motion_smoothness_standin": metrics.motion_smoothness_standin(frames8),
+              "temporal_flickering": metrics.temporal_flickering(frames8),
+              "mean_frame_change": change, "static": change < STATIC_LEVELS}
+    if judges is None:
+        return scores, None
     device = next(judges.dino.parameters()).device
     with torch.no_grad():
         features = judges.dino(metrics.dino_pixels(frames8).to(device)).cpu()
-        scores = judges.aesthetic(metrics.clip_pixels(frames8).to(device)).cpu()
-    change = (frames8[1:].double() - frames8[:-1].double()).abs().mean().item()
-    return {"subject_consistency": metrics.subject_consistency(features),
-            "motion_smoothness_standin": metrics.motion_smoothness_standin(frames8),
-            "aesthetic_quality": metrics.aesthetic_quality(scores),
-            "temporal_flickering": metrics.temporal_flickering(frames8),
-            "mean_frame_change": change, "static": change < STATIC_LEVELS}, features
+        aesthetic = judges.aesthetic(metrics.clip_pixels(frames8).to(device)).cpu()
+    return scores | {"subject_consistency": metrics.subject_consistency(features),
+                     "aesthetic_quality": metrics.aesthetic_quality(aesthetic)}, features
 
 
 def comparison_metrics(frames8, clean8, features, clean_features):
-    """How far a video moved from V_0, frame by frame: mean PSNR, mean SSIM, mean DINO cosine similarity."""
+    """How far a video moved from V_0, frame by frame: mean PSNR, mean SSIM, and with judges the mean DINO
+    cosine similarity."""
     pairs = [(a.double() / 255, b.double() / 255) for a, b in zip(frames8, clean8)]
-    return {"video_psnr": float(np.mean([metrics.psnr(a, b) for a, b in pairs])),
-            "video_ssim": float(np.mean([metrics.ssim(a, b) for a, b in pairs])),
-            "dino_similarity": metrics.feature_similarity(features, clean_features)}
+    scores = {"video_psnr": float(np.mean([metrics.psnr(a, b) for a, b in pairs])),
+              "video_ssim": float(np.mean([metrics.ssim(a, b) for a, b in pairs]))}
+    if features is not None:
+        scores["dino_similarity"] = metrics.feature_similarity(features, clean_features)
+    return scores
 
 
 def evaluate_photo(svd, judges, photo, folder, methods, args):
-    """All methods on one photo: returns its record and writes the guarded PNGs and the contact sheet."""
+    """All methods on one photo: returns its record and its files {path: bytes}, the guarded PNGs and the
+    contact sheet. A progress bar counts its stages: V_0, then each method's attack and video."""
     rgb8, alpha, icc = read_photo(photo)
     device = next(svd.unet.parameters()).device
-    clean8 = make_video(svd, rgb8, args)
-    clean, clean_features = video_metrics(judges, clean8)
-    record, rows = {"photo": photo.name, "videos": {"original": clean}}, [("original", rgb8, None, clean8)]
-    guarded = {}
-    for name in sorted(methods, key=lambda m: m == "random"):  # random copies i2vguard's perturbation
-        if name == "random":
-            guarded8 = matched_noise(rgb8, guarded["i2vguard"], args.seed)
-        else:
-            I_adv, _ = protect(svd, (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
-                               steps=args.steps, num_frames=args.frames, size=(args.height, args.width),
-                               sample_steps=args.sample_steps, seed=args.seed)
-            guarded8 = guarded[name] = quantise(rgb8, I_adv, args.eps, None)
-        save_photo(folder / f"{name}.png", guarded8, alpha, icc)
-        frames8 = make_video(svd, guarded8, args)
-        scores, features = video_metrics(judges, frames8)
-        a, b = rgb8.double() / 255, guarded8.double() / 255
-        record["videos"][name] = scores | comparison_metrics(frames8, clean8, features, clean_features) | {
-            "psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)}
-        rows.append((name, guarded8, (guarded8.int() - rgb8.int()).abs(), frames8))
-    write_contact_sheet(folder / "contact.png", rows)
-    return record
+    files, guarded = {}, {}
+    with tqdm(total=1 + 2 * len(methods), desc=f"{photo.name}: V_0", unit="stage") as stages:
+        clean8 = make_video(svd, rgb8, args)
+        stages.update()
+        clean, clean_features = video_metrics(judges, clean8)
+        record, rows = {"photo": photo.name, "videos": {"original": clean}}, [("original", rgb8, None, clean8)]
+        for name in sorted(methods, key=lambda m: m == "random"):  # random copies i2vguard's perturbation
+            stages.set_description(f"{photo.name}: {name} attack")
+            if name == "random":
+                guarded8 = matched_noise(rgb8, guarded["i2vguard"], args.seed)
+            else:
+                I_adv, _ = protect(svd, (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
+                                   steps=args.steps, num_frames=args.frames, size=(args.height, args.width),
+                                   sample_steps=args.sample_steps, seed=args.seed, progress=True)
+                guarded8 = guarded[name] = quantise(rgb8, I_adv, args.eps, None)
+            stages.update()
+            stages.set_description(f"{photo.name}: {name} video")
+            files[folder / f"{name}.png"] = png_bytes(guarded8, alpha, icc)
+            frames8 = make_video(svd, guarded8, args)
+            stages.update()
+            scores, features = video_metrics(judges, frames8)
+            a, b = rgb8.double() / 255, guarded8.double() / 255
+            record["videos"][name] = scores | comparison_metrics(frames8, clean8, features, clean_features) | {
+                "psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)}
+            rows.append((name, guarded8, (guarded8.int() - rgb8.int()).abs(), frames8))
+    files[folder / "contact.png"] = contact_sheet(rows)
+    return record, files
 
 
 # ---------------------------------------------------------------- contact sheet
@@ -167,9 +179,9 @@ def tile(image8, height):
     return im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
 
 
-def write_contact_sheet(path, rows):
-    """One row per video: the photo (source or guarded), its difference from the source x DIFF_GAIN,
-    and evenly spaced frames of the video SVD made from it, each labelled."""
+def contact_sheet(rows):
+    """The bytes of a PNG with one row per video: the photo (source or guarded), its difference from the
+    source x DIFF_GAIN, and evenly spaced frames of the video SVD made from it, each labelled."""
     strips = []
     for name, photo8, diff, frames8 in rows:
         picks = np.unique(np.linspace(0, len(frames8) - 1, min(SHEET_FRAMES, len(frames8))).round().astype(int))
@@ -186,7 +198,7 @@ def write_contact_sheet(path, rows):
             sheet.paste(im, (x, r * SHEET_HEIGHT))
             draw.text((x + 3, r * SHEET_HEIGHT + 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
             x += im.width
-    write_atomically(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return encoded(sheet, "PNG")
 
 
 # ---------------------------------------------------------------- tables
@@ -208,12 +220,22 @@ def table(rows, columns):
     return "\n".join(lines)
 
 
-def tables(records, methods, untrained):
+def model_note(model):
+    """The line that heads the tables of a run on the tiny or the toy model."""
+    if model == "tiny":
+        return "**UNTRAINED tiny models: these numbers mean nothing.**\n"
+    if model == "toy":
+        return ("**Toy model** (`--model toy`: a 64x64, 8-frame SVD trained on a CPU, toy/; scored without the "
+                "downloaded judges).\n")
+    return ""
+
+
+def tables(records, methods, note=""):
     order = ["original"] + [m for m in METHODS if m in methods]
     names = {"original": "Original Image"} | {m: METHODS[m][1] for m in METHODS}
     moving = [(names[m], [r["videos"][m] for r in records if not r["videos"][m]["static"]]) for m in order]
     static = [(names[m], [r["videos"][m] for r in records if r["videos"][m]["static"]]) for m in order]
-    parts = ["**UNTRAINED tiny models: these numbers mean nothing.**\n"] * untrained + [
+    parts = [note] * bool(note) + [
         f"Table 1. Videos SVD made from each photo (same seed), {len(records)} photos; static videos "
         f"(mean frame change < {STATIC_LEVELS:g}/255) left out. *Motion smoothness is a weight-free stand-in "
         "(neighbour-mean interpolation), not VBench's AMT-S; image quality (MUSIQ) is not computed.\n",
@@ -224,10 +246,8 @@ def tables(records, methods, untrained):
     return "\n".join(parts) + "\n"
 
 
-def write_results(out, records, methods, untrained):
-    text = tables(records, methods, untrained)
-    write_atomically(out / "tables.md", lambda tmp: tmp.write_text(text))
-    write_atomically(out / "results.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+def write_results(out, records, methods, note=""):
+    text = tables(records, methods, note)
     keys = ["mean_frame_change", "static"] + [k for k, _, _ in VIDEO_COLUMNS + PHOTO_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -235,38 +255,76 @@ def write_results(out, records, methods, untrained):
     for r in records:
         for m, v in r["videos"].items():
             writer.writerow([r["photo"], m] + [v.get(k, "") for k in keys])
-    write_atomically(out / "results.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    write_files({out / "tables.md": text.encode(), out / "results.json": json_bytes(records),
+                 out / "results.csv": buffer.getvalue().encode()})
     return text
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
+RUN_FILES = ("tables.md", "results.csv", "results.json")
+# What a photo's results depend on: a rerun with other values must not reuse them.
+SETTINGS = ("model", "variant", "dtype", "eps", "steps", "seed", "frames", "sample_steps", "height", "width",
+            "decode_chunk", "no_judges", "dino", "aesthetic")
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
-    p.add_argument("--photos", nargs="+", required=True, help="photo files and/or folders of photos")
-    p.add_argument("--out", required=True, help="output folder (created; photos already done there are skipped)")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS),
+
+def previous_record(done, settings):
+    """The record an earlier run left in `done` (a photo's metrics.json), or None when there is none or it
+    cannot be read (it is made again). One made with other settings is refused: reusing it would mix
+    settings in the tables, and replacing it would lose it."""
+    if not done.exists():
+        return None
+    try:
+        record = json.loads(done.read_text())
+        readable = isinstance(record, dict) and isinstance(record.get("videos"), dict)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        readable = False
+    if not readable:
+        print(f"{done}: unreadable; this photo is evaluated again", file=sys.stderr)
+        return None
+    old = record.get("settings")
+    if old != settings:
+        changes = "no settings recorded" if not isinstance(old, dict) else ", ".join(
+            f"{k} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v)
+        fail(f"{done} was made with other settings ({changes}); give another --out, or delete {done.parent} to redo it")
+    return record
+
+
+@command
+def main(argv=None):
+    p = Parser(description=__doc__)
+    p.add_argument("--image", "--photos", dest="image", nargs="+", required=True,
+                   help="photo files and/or folders of photos")
+    p.add_argument("--out", required=True,
+                   help="output folder (created when the first photo is done; photos already done there are skipped)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=",".join(METHODS),
                    help=f"comma-separated, from: {', '.join(METHODS)}")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="SVD: hub repo id, local folder, or 'tiny' (untrained "
-                   "random networks, with random judges too: the numbers mean nothing, for tests)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="SVD: hub repo id, local folder, 'toy' (a small SVD "
+                   "trained on a CPU, scored without judges) or 'tiny' (untrained random networks, with random "
+                   "judges too: the numbers mean nothing, for tests)")
+    p.add_argument("--no-judges", action="store_true", help="score without DINO and the aesthetic predictor (no "
+                   "download): PSNR and SSIM to V_0, flickering and the motion stand-in only")
+    p.add_argument("--variant", type=variant, default="fp16", help="SVD weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
     p.add_argument("--dino", default=DINO_SOURCE, help="hub repo or local folder with DINO ViT-B/16 model.safetensors")
     p.add_argument("--aesthetic", default=AESTHETIC_SOURCE,
                    help="hub repo or local folder with the LAION aesthetic predictor v1 (ViT-L/14) model.safetensors")
-    p.add_argument("--steps", type=int, default=50, help="attack iterations")
-    p.add_argument("--eps", type=fraction, default=8 / 255, help="L_inf budget in [0,1] pixel units, e.g. 8/255")
-    p.add_argument("--frames", type=int, help="video frames, at least 3 (default: the model's num_frames)")
-    p.add_argument("--sample-steps", type=int, default=25, help="sampling steps of every video")
-    p.add_argument("--height", type=int, help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
-    p.add_argument("--width", type=int, help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attacks and of every video")
+    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
+    p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
+    p.add_argument("--frames", type=integer(3, MAX_FRAMES),
+                   help="video frames, at least 3 (default: the model's num_frames)")
+    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
+                   help="denoising steps of every video")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks and of every video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="SVD dtype (default: bfloat16 on CUDA, float32 elsewhere); the judges run in float32")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="recompute activations in the backward pass (default: on for GPUs under 40 GiB)")
-    p.add_argument("--decode-chunk", type=int,
+    p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES),
                    help="frames decoded at a time (default: all at once, as the reference pipeline; the "
                         "temporal decoder mixes frames, so chunks change the video)")
     args = p.parse_args(argv)
@@ -276,58 +334,64 @@ def main(argv=None):
         fail(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if "random" in args.methods and "i2vguard" not in args.methods:
         fail("--methods: random copies the mean and std of i2vguard's perturbation; add i2vguard")
-    if args.decode_chunk is not None and args.decode_chunk < 1:
-        fail("--decode-chunk must be at least 1")
-    if args.steps < 1 or args.sample_steps < 1 or (args.frames is not None and args.frames < 3):
-        fail("--steps and --sample-steps must be positive and --frames at least 3")
     if not 1 / 255 <= args.eps <= 1:
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
     args.height, args.width = model_size(args.height, args.width, args.model)
-    photos = list_photos(args.photos)
+    photos = list_photos(args.image)
     missing = [str(q) for q in photos if not q.is_file()]
     if missing or not photos:
         fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
-    stems = [q.stem for q in photos]
-    if len(set(stems)) < len(stems):
-        fail("two photos share a name (their outputs would collide): " + ", ".join({s for s in stems if stems.count(s) > 1}))
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create {out} ({e})")
+    check_writable(out, may_create=True)
+    planned = [("the tables", out / name) for name in RUN_FILES]
+    for photo in photos:
+        folder = out / photo.stem
+        planned += [(photo, folder)] + [(photo, folder / name) for name in
+                                        [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]]
+    refuse_clashes(planned, photos)
     device = parse_device(args.device)
+    args.dtype = args.dtype or default_dtype(device)
     try:
-        svd = load_model(args.model, device, getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32")))
-        judges = tiny_judges(device=device) if args.model == "tiny" else load_judges(args.dino, args.aesthetic, device)
+        svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
+        if args.model == "toy" or args.no_judges:
+            judges = None
+        else:
+            judges = tiny_judges(device=device) if args.model == "tiny" else load_judges(args.dino, args.aesthetic, device)
     except WeightsError as e:
-        fail(str(e))
+        fail(f"{e}{weights_hint(args.model)}", FAILURE)
     args.frames = args.frames or svd.unet.config.num_frames
     if args.frames < 3:
         fail(f"the model makes {args.frames} frames; the metrics need at least 3 (--frames)")
     args.low_memory = default_low_memory(device) if args.low_memory is None else args.low_memory
     svd.unet.checkpointing = svd.vae.checkpointing = args.low_memory
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    previous = {photo: previous_record(out / photo.stem / "metrics.json", settings) for photo in photos}
 
-    records = []
+    records, failures = [], []
     for photo in photos:
+        record = previous[photo]
+        if record is not None and set(args.methods) <= set(record["videos"]):
+            print(f"{photo}: done already, skipped", file=sys.stderr)
+            records.append(record)
+            continue
         folder = out / photo.stem
-        done = folder / "metrics.json"
-        if done.is_file():
-            record = json.loads(done.read_text())
-            if set(args.methods) <= set(record["videos"]):
-                print(f"{photo}: done already, skipped", file=sys.stderr)
-                records.append(record)
-                continue
-        folder.mkdir(exist_ok=True)
         start = time.perf_counter()
         try:
-            record = evaluate_photo(svd, judges, photo, folder, args.methods, args)
-        except (OSError, Image.DecompressionBombError) as e:
-            fail(f"cannot read {photo} as an image ({e})")
-        record["wall_time_s"] = time.perf_counter() - start
-        write_atomically(done, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+            record, files = evaluate_photo(svd, judges, photo, folder, args.methods, args)
+            record |= {"settings": settings, "wall_time_s": time.perf_counter() - start}
+            write_files(files | {folder / "metrics.json": json_bytes(record)})
+        except (ValueError, OSError, RuntimeError, MemoryError) as e:
+            failures.append(photo)
+            print(f"evaluate.py: error: {photo}: {one_line(e)}", file=sys.stderr)
+            continue
         records.append(record)
         print(f"{photo}: {record['wall_time_s']:.1f} s", file=sys.stderr)
-    print(write_results(out, records, args.methods, judges.untrained), end="")
+    if records:
+        print(write_results(out, records, args.methods, model_note(args.model)), end="")
+    if len(photos) > 1:
+        print(f"{len(records)} of {len(photos)} photos evaluated", file=sys.stderr)
+    if failures:
+        sys.exit(FAILURE)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ entry point, turns them off.
 example: python sample.py --image photo.jpg --out video.gif --seed 0
 """
 import argparse
-import os
-import random
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -17,11 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, features
+from PIL import Image, features
 from tqdm import tqdm
 
+from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
+                 default_dtype, fail, integer, number, parse_device, refuse_clashes, variant, weights_hint,
+                 write_files)
 from model.edm import denoise, euler_step, karras_sigmas
-from weights import DEFAULT_MODEL, WeightsError, load_svd, tiny_svd
+from photos import read_photo
+from weights import DEFAULT_MODEL, TOY_MODEL, WeightsError, build_network, load_svd, tiny_svd
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,9 +36,14 @@ def load_image(path, size=None):
     """An image file -> (3,H,W) float32 in [-1,1]. EXIF orientation is applied and an alpha channel is
     dropped (the colour under transparent pixels is kept), as the reference's image loading does, so
     the model sees the RGB values a guarded photo carries. With size=(height, width) the image is
-    resized with Lanczos on its 8-bit pixels first, as the reference pipeline's preprocessing does."""
-    with Image.open(path) as im:
-        return to_model_image(ImageOps.exif_transpose(im).convert("RGB"), size)
+    resized with Lanczos on its 8-bit pixels first, as the reference pipeline's preprocessing does.
+    Any mode, size or animation photos.read_photo refuses is a ValueError."""
+    return model_input(read_photo(path)[0], size)
+
+
+def model_input(rgb8, size=None):
+    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1], resized as load_image resizes a photo file."""
+    return to_model_image(Image.fromarray(rgb8.permute(1, 2, 0).numpy()), size)
 
 
 def to_model_image(im, size=None):
@@ -47,38 +55,32 @@ def to_model_image(im, size=None):
 
 
 def to_uint8(frames):
-    """(F,3,H,W) in [-1,1] -> (F,H,W,3) uint8, rounded as the reference's PIL output is."""
+    """(F,3,H,W) in [-1,1] -> (F,H,W,3) uint8, rounded as the reference's PIL output is. NaN or infinity (broken
+    weights) is a ValueError, not a black video."""
+    if not frames.isfinite().all():
+        raise ValueError("the video holds NaN or infinite values: the model's weights or the settings are broken")
     return ((frames.float() / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def write_atomically(path, write):
-    """Run write(tmp) on a temporary file in path's folder, then rename it onto path: never a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def to_images(frames):
+    """(F,3,H,W) in [-1,1] -> F PIL images."""
+    return [Image.fromarray(a) for a in to_uint8(frames)]
 
 
-def save_video(frames, path, fps):
-    """Frames (F,3,H,W) in [-1,1] -> a looping animated GIF or WebP, chosen by path's extension."""
-    images = [Image.fromarray(a) for a in to_uint8(frames)]
-    write_atomically(path, lambda tmp: images[0].save(
-        tmp, format=VIDEO_FORMATS[Path(path).suffix.lower()], save_all=True, append_images=images[1:],
-        duration=round(1000 / fps), loop=0))
+def encoded(im, format, **options):
+    """A PIL image -> the bytes of an image file in `format`."""
+    buffer = io.BytesIO()
+    im.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def video_bytes(images, fps, format="GIF"):
+    """PIL images -> the bytes of a looping animated GIF or WebP."""
+    return encoded(images[0], format, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def frame_paths(folder, n):
     return [Path(folder) / f"frame_{i:03d}.png" for i in range(n)]
-
-
-def save_frames(frames, folder):
-    """Frames (F,3,H,W) in [-1,1] -> folder/frame_000.png, frame_001.png, ..."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    for a, path in zip(to_uint8(frames), frame_paths(folder, len(frames))):
-        write_atomically(path, lambda tmp: Image.fromarray(a).save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------- conditioning (differentiable)
@@ -133,12 +135,14 @@ def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False, low_memor
     cond = (image_latents (B,F,4,h,w), image_embeds (B,1,D), added_time_ids (B,3)). With guidance
     (1,F,1,1,1), classifier-free guidance per frame against zero latents and a zero CLIP embedding:
     D = D_uncond + w (D_cond - D_uncond), the same as guiding the network output since D is affine in it.
-    The two branches run as one batch, or with low_memory one after the other."""
+    The two branches run as one batch, or with low_memory one after the other. progress: a progress bar,
+    True or its label."""
     latents, embeds, time_ids = cond
     uncond = (torch.zeros_like(latents), torch.zeros_like(embeds), time_ids)
     both = [torch.cat(pair) for pair in zip(uncond, cond)]
     steps = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
-    for sigma, sigma_next in tqdm(steps, desc="denoising", disable=not progress):
+    label = progress if isinstance(progress, str) else "denoising"
+    for sigma, sigma_next in tqdm(steps, desc=label, disable=not progress):
         if guidance is None:
             D, _ = denoise(unet, x, sigma, *cond)
         else:
@@ -208,29 +212,17 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
 
 
 # ---------------------------------------------------------------- command line
-def fail(message):
-    """One line on stderr, exit status 2: how the command-line tools refuse bad input."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def model_size(height, width, model):
-    """--height/--width: the reference pipeline's 576x1024 unless given, 128x128 for the tiny smoke-test model."""
-    default = (128, 128) if model == "tiny" else (576, 1024)
+    """--height/--width: the reference pipeline's 576x1024 unless given; the toy's training size (its VAE
+    config's sample_size); 128x128 for the tiny smoke-test model."""
+    if model == "toy":
+        default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
+    else:
+        default = (128, 128) if model == "tiny" else (576, 1024)
     height, width = height or default[0], width or default[1]
     if height <= 0 or width <= 0 or height % 8 or width % 8:
         fail(f"--height and --width must be positive multiples of 8, got {height}x{width}")
     return height, width
-
-
-def parse_device(name):
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        fail(f"unknown device {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but CUDA is not available")
-    return device
 
 
 def default_low_memory(device):
@@ -238,87 +230,95 @@ def default_low_memory(device):
     return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 40 * 2**30
 
 
-def load_model(name, device, dtype):
+def load_model(name, device, dtype, variant="fp16"):
+    """A model by its --model name: 'toy' (trained here, in the repo), 'tiny' (random), or a hub id or folder."""
+    if name == "toy":
+        svd = load_svd(TOY_MODEL, variant="fp16", dtype=dtype, device=device)
+        svd.source = "toy"
+        return svd
     if name == "tiny":
         print("WARNING: --model tiny is an UNTRAINED model with random weights: its videos are noise, "
               "for smoke tests only.", file=sys.stderr)
         with warnings.catch_warnings():  # tiny_svd's own warning, said louder above
             warnings.simplefilter("ignore")
             return tiny_svd(seed=0, dtype=dtype, device=device)
-    return load_svd(name, dtype=dtype, device=device)
+    return load_svd(name, variant=variant, dtype=dtype, device=device)
 
 
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", required=True, help="input image (any format Pillow reads)")
+    p = Parser(description=__doc__)
+    p.add_argument("--image", required=True, help="input photo (any still image Pillow reads)")
     p.add_argument("--out", required=True, help="output video, .gif or .webp")
     p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub repo id, local folder in the official layout, or 'tiny' (untrained, for tests) "
-                        "(default: %(default)s)")
-    p.add_argument("--frames", type=int, help="frames to generate (default: the model's num_frames)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default: %(default)s)")
-    p.add_argument("--fps", type=int, default=7,
-                   help="frame rate: conditioning (as fps - 1) and playback (default: %(default)s)")
-    p.add_argument("--motion-bucket", type=int, default=127,
-                   help="motion_bucket_id, higher means more motion (default: %(default)s)")
-    p.add_argument("--noise-aug", type=float, default=0.02,
-                   help="noise_aug_strength, noise added to the image before the VAE (default: %(default)s)")
-    p.add_argument("--min-guidance", type=float, default=1.0,
-                   help="guidance scale of the first frame (default: %(default)s)")
-    p.add_argument("--max-guidance", type=float, default=3.0,
-                   help="guidance scale of the last frame; 1 or less turns guidance off (default: %(default)s)")
-    p.add_argument("--height", type=int, help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
-    p.add_argument("--width", type=int, help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+                   help="hub repo id, local folder in the official layout, or 'tiny' (untrained, for tests)")
+    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames)")
+    p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
+                   help="denoising steps of the sampler")
+    p.add_argument("--fps", type=integer(1, 1000), default=7, help="frame rate: conditioning (as fps - 1) and playback")
+    p.add_argument("--motion-bucket", type=int, default=127, help="motion_bucket_id, higher means more motion")
+    p.add_argument("--noise-aug", type=number, default=0.02,
+                   help="noise_aug_strength, noise added to the image before the VAE")
+    p.add_argument("--min-guidance", type=number, default=1.0, help="guidance scale of the first frame")
+    p.add_argument("--max-guidance", type=number, default=3.0,
+                   help="guidance scale of the last frame; 1 or less turns guidance off")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
-                   help="guidance branches one at a time, decoding 2 frames at a time (default: on for GPUs under 40 GiB)")
-    p.add_argument("--decode-chunk", type=int, help="frames decoded at a time (default: all at once)")
-    p.add_argument("--seed", type=int, help="random seed (default: a random one, printed)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: %(default)s)")
+                   help="guidance branches one at a time, decoding 2 frames at a time "
+                        "(default: on for GPUs under 40 GiB)")
+    p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES),
+                   help="frames decoded at a time (default: all at once)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="seed of the noise: a seed gives the same video")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                   help="model dtype (default: float16 on CUDA, float32 elsewhere)")
+                   help="model dtype (default: bfloat16 on CUDA, float32 elsewhere)")
     args = p.parse_args(argv)
 
-    if not Path(args.image).is_file():
-        fail(f"no such image file: {args.image}")
-    if Path(args.out).suffix.lower() not in VIDEO_FORMATS:
-        fail(f"--out must end in .gif or .webp, got {args.out}")
-    if Path(args.out).suffix.lower() == ".webp" and not features.check("webp"):
+    image, out = Path(args.image), Path(args.out)
+    if not image.is_file():
+        fail(f"no such image file: {image}")
+    if out.suffix.lower() not in VIDEO_FORMATS:
+        fail(f"--out must be a file ending in .gif or .webp, got {out}")
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give a file name")
+    if out.suffix.lower() == ".webp" and not features.check("webp"):
         fail("this Pillow cannot write WebP; use .gif")
+    check_writable(out.parent)
+    if args.frames_dir:
+        check_writable(args.frames_dir, may_create=True)
     args.height, args.width = model_size(args.height, args.width, args.model)
-    for flag in ("frames", "steps", "fps", "decode_chunk"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            fail(f"--{flag.replace('_', '-')} must be at least 1")
     device = parse_device(args.device)
-    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
-    source = Path(args.image).resolve()
-    if Path(args.out).resolve() == source:
-        fail("refusing to write over the input image")
+    dtype = getattr(torch, args.dtype or default_dtype(device))
     try:
-        photo = load_image(args.image)
-        image = load_image(args.image, (args.height, args.width))
-    except (OSError, Image.DecompressionBombError) as e:
-        fail(f"cannot read {args.image} as an image ({e})")
+        photo = load_image(image)
+        resized = load_image(image, (args.height, args.width))
+    except ValueError as e:
+        fail(f"{image}: {e}")
     try:
-        svd = load_model(args.model, device, dtype)
+        svd = load_model(args.model, device, dtype, args.variant)
     except WeightsError as e:
-        fail(str(e))
+        fail(f"{e}{weights_hint(args.model)}", FAILURE)
 
     num_frames = args.frames or svd.unet.config.num_frames
-    if args.frames_dir and source in [path.resolve() for path in frame_paths(args.frames_dir, num_frames)]:
-        fail("refusing to write a frame over the input image")
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
-    print(f"seed {seed}", file=sys.stderr)
-    frames = generate(svd, image, num_frames=num_frames, steps=args.steps, fps=args.fps,
+    frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
+    refuse_clashes([(image, path) for path in [out, *frame_files]], [image])
+    frames = generate(svd, resized, num_frames=num_frames, steps=args.steps, fps=args.fps,
                       motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
-                      decode_chunk_size=args.decode_chunk, seed=seed, progress=True, clip_image=photo,
+                      decode_chunk_size=args.decode_chunk, seed=args.seed, progress=True, clip_image=photo,
                       low_memory=default_low_memory(device) if args.low_memory is None else args.low_memory)
-    save_video(frames, args.out, args.fps)
-    if args.frames_dir:
-        save_frames(frames, args.frames_dir)
-    print(f"wrote {args.out}" + (f" and {num_frames} frames to {args.frames_dir}" if args.frames_dir else ""),
+    images = to_images(frames)
+    files = {out: video_bytes(images, args.fps, VIDEO_FORMATS[out.suffix.lower()])}
+    files |= {path: encoded(im, "PNG") for path, im in zip(frame_files, images)}
+    write_files(files)
+    print(f"wrote {out}" + (f" and {num_frames} frames to {args.frames_dir}" if args.frames_dir else ""),
           file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, get_session, hf_hub_download
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
                                     LocalEntryNotFoundError, RepositoryNotFoundError)
 from safetensors import SafetensorError, safe_open
@@ -24,6 +24,8 @@ from safetensors import SafetensorError, safe_open
 from model import VAE, CLIPConfig, CLIPImageEncoder, UNet, UNetConfig, VAEConfig
 
 DEFAULT_MODEL = "stabilityai/stable-video-diffusion-img2vid"
+# The toy SVD trained by `python -m toy.train` (64x64, 8 frames), in the official layout, float16 files.
+TOY_MODEL = Path(__file__).resolve().parent / "toy" / "weights"
 
 # folder: (network, its config, the class name its config.json declares, weights file stem)
 COMPONENTS = {
@@ -59,7 +61,7 @@ def fetch(source, relpath):
             raise WeightsError(f"missing file {path}")
         return path
     try:
-        return Path(hf_hub_download(repo_id=source, filename=relpath))
+        return Path(cached_or_download(source, relpath))
     except GatedRepoError:
         raise WeightsError(f"{source} is gated: accept its licence at https://huggingface.co/{source}, then log in "
                            f"with `hf auth login` or set HF_TOKEN") from None
@@ -70,27 +72,56 @@ def fetch(source, relpath):
         raise WeightsError(f"unknown model {source!r}: not a local directory nor a hub repo id") from None
     except LocalEntryNotFoundError:
         raise WeightsError(f"{source}/{relpath} is not in the local hub cache and the hub cannot be reached "
-                           f"(offline, or HF_HUB_OFFLINE is set)") from None
+                           f"(offline, or HF_HUB_OFFLINE is set); once online, accept the licence at "
+                           f"https://huggingface.co/{source} if it is gated and log in with `hf auth login`") from None
     except EntryNotFoundError:
         raise WeightsError(f"{source} has no file {relpath}") from None
     except HfHubHTTPError as e:
         raise WeightsError(f"could not download {source}/{relpath}: {str(e).splitlines()[0]}") from None
 
 
-def read_config(source, folder):
+def cached_or_download(source, relpath):
+    """hf_hub_download from the local cache, else from the hub if it answers at all: offline, one quick
+    request fails instead of a download's retries."""
+    try:
+        return hf_hub_download(repo_id=source, filename=relpath, local_files_only=True)
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE or not hub_reachable():
+            raise
+    return hf_hub_download(repo_id=source, filename=relpath)
+
+
+def hub_reachable(timeout=5):
+    """Whether the hub answers at all, through the session (and proxies) huggingface_hub uses."""
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # requests' and httpx's connection errors share no base class below Exception
+        return False
+    return True
+
+
+def build_network(source, folder):
+    """A component's network on the meta device, from its config.json, checked: the right class, every
+    value of its field's type, and a network that can be built from them. Anything else is a WeightsError
+    naming the file."""
     network, config_class, class_name, _ = COMPONENTS[folder]
     path = fetch(source, f"{folder}/config.json")
     try:
         d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not a readable config.json ({e})") from None
-    declared = d.get("_class_name") or (d.get("architectures") or [class_name])[0]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise WeightsError(f"{path}: not a readable config.json ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise WeightsError(f"{path}: a config.json holds a JSON object, not a {type(d).__name__}")
+    architectures = d.get("architectures")
+    declared = d.get("_class_name") or (architectures[0] if isinstance(architectures, list) and architectures
+                                        else class_name)
     if declared != class_name:
-        raise WeightsError(f"{path} describes a {declared}, not SVD's {class_name}")
+        raise WeightsError(f"{path} describes a {declared!r}, not SVD's {class_name}")
     try:
-        return config_class.from_json_dict(d)
-    except TypeError as e:
-        raise WeightsError(f"{path}: {e}") from None
+        with torch.device("meta"):
+            return network(config_class.from_json_dict(d))
+    except (ValueError, TypeError, ZeroDivisionError, IndexError, RuntimeError) as e:
+        raise WeightsError(f"{path}: no {network.__name__} can be built from it ({e})") from None
 
 
 def short_list(keys, n=5):
@@ -125,13 +156,10 @@ def load_checked(model, path, dtype=torch.float32, device="cpu", ignored=IGNORED
 
 def load_network(source, folder, variant, dtype, device):
     """Build one network on the meta device and fill it from its safetensors file."""
-    network, _, _, stem = COMPONENTS[folder]
-    config = read_config(source, folder)
+    model = build_network(source, folder)
+    stem = COMPONENTS[folder][3]
     filename = f"{folder}/{stem}.{variant}.safetensors" if variant else f"{folder}/{stem}.safetensors"
-    path = fetch(source, filename)
-    with torch.device("meta"):
-        model = network(config)
-    return load_checked(model, path, dtype, device)
+    return load_checked(model, fetch(source, filename), dtype, device)
 
 
 def load_svd(source=DEFAULT_MODEL, variant="fp16", dtype=torch.float32, device="cpu"):

@@ -134,8 +134,7 @@ class DiffusersObjective:
         self.time_ids = added_time_ids(7, 127, 0.02).to(I_src.device, dtype)
         sf = vae.config.scaling_factor
         with torch.no_grad():
-            self.x_src = self.encode(I_src * 2 - 1)
-            self.x_tg = self.encode(-torch.ones_like(I_src))
+            self.x_src = self.encode(I_src * 2 - 1)  # clean: the sampling-step benchmark's conditioning
             self.c_src = self.embed(I_src * 2 - 1)
             self.X_0 = torch.cat([self.encode(v[None]) for v in V_0]).float()[None] * sf
             self.X_tg = (self.encode(-torch.ones_like(V_0[:1])).float() * sf)[None].expand_as(self.X_0)
@@ -159,20 +158,24 @@ class DiffusersObjective:
         aug, sigma, noise = draw
         terms = {"img": image_loss(I_adv, self.I_src)}
         x_adv = self.encode(I_adv * 2 - 1 + 0.02 * aug.to(I_adv))
-        terms["enc"] = encoder_loss(x_adv, self.x_tg)
+        with torch.no_grad():  # target and source through the same augmentation draw, as attack.py
+            x_tg = self.encode(-torch.ones_like(I_adv) + 0.02 * aug.to(I_adv))
+            x_src = self.encode(self.I_src * 2 - 1 + 0.02 * aug.to(I_adv))
+        terms["enc"] = encoder_loss(x_adv, x_tg)
         X_t = (self.X_0 + sigma * noise.to(self.X_0)).to(self.dtype)
         X0_adv = self.denoise(X_t, sigma, x_adv, self.embed(I_adv * 2 - 1))
         A_adv = {name: probe.probs for name, probe in self.probes.items()}
         terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, 0.5)
         with torch.no_grad():
-            self.denoise(X_t, sigma, self.x_src, self.c_src)
+            self.denoise(X_t, sigma, x_src, self.c_src)
         terms["att"] = attention_loss(A_adv, {name: probe.probs for name, probe in self.probes.items()}, 0.5)
         return terms
 
 
 # ---------------------------------------------------------------- one process measures one side
 def worker(args):
-    from attack import TERMS, Objective
+    from attack import TERMS, Objective, to_model_input
+    from sample import image_latents
     from losses import total_loss
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     spec = SIZES[args.size]
@@ -188,6 +191,8 @@ def worker(args):
         svd.unet.checkpointing = svd.vae.checkpointing = args.mode == "memory"
         objective = Objective(svd, I_src, TERMS, num_frames=frames, size=size, tau1=0.5, tau2=0.5,
                               attn_blocks=BLOCKS, sample_steps=25, seed=0, V_0=V_0)
+        with torch.no_grad():  # the sampling-step benchmark's conditioning latents, clean as theirs
+            objective.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)
         unet, denoise_guided = svd.unet, ours_sampling_step
         networks = (svd.unet, svd.vae, svd.image_encoder)
     else:

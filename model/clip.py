@@ -14,6 +14,8 @@ ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": lambda x: x * torch.sigmoid(1.702 *
 class SelfAttention(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {heads}")
         self.heads = heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
 

@@ -4,15 +4,38 @@ Field names are the keys of the official config.json files, so a config is built
 (`UNetConfig.from_json_dict(json.load(f))`); defaults are the released
 stabilityai/stable-video-diffusion-img2vid values.
 """
+import math
+import reprlib
 from dataclasses import dataclass, fields
+from typing import get_args
 
 
 class JSONConfig:
     @classmethod
     def from_json_dict(cls, d):
-        """Build from a config.json dict, keeping the keys this config knows (lists become tuples)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        """Build from a config.json dict, keeping the keys this config knows (lists become tuples). A value
+        not of its field's type, or a number that is not positive and finite, is a ValueError naming the key."""
+        return cls(**{f.name: checked(f.name, d[f.name], f.type) for f in fields(cls) if f.name in d})
+
+
+EXPECTED = {int: "a positive integer", float: "a positive number", bool: "true or false", str: "a string",
+            tuple: "a list"}
+
+
+def checked(key, value, kind):
+    """One config.json value as a field of type `kind` (int, float, bool, str, tuple, or a union of them)."""
+    kinds = get_args(kind) or (kind,)
+    if tuple in kinds and isinstance(value, (list, tuple)) and value:
+        return tuple(checked(key, v, int | str) for v in value)
+    if isinstance(value, bool):
+        ok = bool in kinds
+    elif isinstance(value, (int, float)):
+        ok = (int in kinds and isinstance(value, int) or float in kinds) and 0 < value < math.inf
+    else:
+        ok = str in kinds and isinstance(value, str)
+    if not ok:
+        raise ValueError(f"{key} = {reprlib.repr(value)}: expected {' or '.join(EXPECTED[k] for k in kinds)}")
+    return value
 
 
 @dataclass

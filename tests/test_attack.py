@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import attack
+import figures
 from attack import TERMS, Objective, protect, selected_terms
 from losses import attention_distance, total_loss
 from weights import tiny_svd
@@ -34,7 +35,7 @@ def I_src():
 
 def objective(svd, I_src, terms):
     return Objective(svd, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=attack.ATTN_BLOCKS, sample_steps=SAMPLE_STEPS, seed=0)
+                     attn_blocks=attack.default_attn_blocks(svd.unet), sample_steps=SAMPLE_STEPS, seed=0)
 
 
 def mean_over_draws(obj, I, measure, n=8):
@@ -215,3 +216,5 @@ def test_preview_writes_before_after_and_side_by_side(photo, tmp_path):
     for suffix, size in ((".before.gif", (64, 64)), (".after.gif", (64, 64)), (".preview.gif", (128, 128))):
         with Image.open(out.with_suffix(suffix)) as gif:
             assert gif.size == size and gif.n_frames == 3
+    with Image.open(out.with_suffix(".attention.png")) as figure:  # a row per attacked block: Fig. 3
+        assert figure.width >= 3 * 3 * figures.CELL and figure.height >= 2 * (3 * figures.CELL)

@@ -30,9 +30,9 @@ def photo():
     return make_photo()
 
 
-def objective(svd, I_src, terms=TERMS):
+def objective(svd, I_src, terms=TERMS, V_0=None):
     return Objective(svd, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=attack.ATTN_BLOCKS, sample_steps=SAMPLE_STEPS, seed=0)
+                     attn_blocks=attack.default_attn_blocks(svd.unet), sample_steps=SAMPLE_STEPS, seed=0, V_0=V_0)
 
 
 def test_attention_distance_and_gradient_vanish_at_the_source(photo):
@@ -57,10 +57,10 @@ def test_encoder_target_shares_the_augmentation_draw():
     assert values["enc"].item() == 0
 
 
-def calibrated_ratios(svd, photo, seed, eps=8 / 255):
+def calibrated_ratios(svd, photo, seed, eps=8 / 255, V_0=None):
     g = torch.Generator().manual_seed(seed)
     start = (photo + eps * (torch.rand(photo.shape, generator=g) * 2 - 1)).clamp(0, 1)[None]
-    weights, _ = calibrate(objective(svd, photo), start, {"img": 0.0, "enc": 1.0, "con": 1.0, "att": 1.0})
+    weights, _ = calibrate(objective(svd, photo, V_0=V_0), start, {"img": 0.0, "enc": 1.0, "con": 1.0, "att": 1.0})
     return weights["con"] / weights["enc"], weights["att"] / weights["enc"]
 
 
@@ -74,14 +74,19 @@ def test_calibrated_weights_agree_over_seeds(photo):
 
 
 def test_calibrated_weights_do_not_depend_on_the_thread_count(photo):
+    """In float64, with V_0 given: the random tiny network amplifies float32 rounding (its L_con gradient
+    moves by up to 30% between float32 and float64 at the schedule's ends), and sampling it is chaotic,
+    so V_0 itself changes with the thread count; the calibration must not add to either."""
     code = ("import sys, torch; sys.path.insert(0, 'tests'); torch.set_num_threads(int(sys.argv[1])); "
             "from test_faithful import calibrated_ratios, make_photo; from weights import tiny_svd; "
-            "print(*calibrated_ratios(tiny_svd(0), make_photo(), 0))")
+            "V_0 = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1; "
+            "print(*calibrated_ratios(tiny_svd(0, dtype=torch.float64), make_photo().double(), 0, V_0=V_0))")
     root = attack.Path(attack.__file__).parent
     outputs = [subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(n)], cwd=root, capture_output=True,
                               text=True, check=True).stdout.split() for n in (1, 2)]
+    assert len(outputs[0]) == 2
     for one, two in zip(*outputs):
-        assert math.isclose(float(one), float(two), rel_tol=1e-3)
+        assert math.isclose(float(one), float(two), rel_tol=1e-9)
 
 
 def test_protect_records_the_calibration(photo):
@@ -103,8 +108,13 @@ def test_evaluation_videos_decode_all_frames_at_once():
     rgb8 = (torch.rand(3, 64, 64) * 255).to(torch.uint8)
     video8 = evaluate.make_video(svd, rgb8, Args)
     expected = generate(svd, evaluate.model_input(rgb8, (64, 64)), num_frames=FRAMES, steps=2, seed=0,
-                        clip_image=rgb8.float() / 127.5 - 1, decode_chunk_size=FRAMES)
+                        clip_image=rgb8.float() / 127.5 - 1, low_memory=True, decode_chunk_size=FRAMES)
     assert torch.equal(video8, torch.from_numpy(evaluate.to_uint8(expected)).permute(0, 3, 1, 2))
+    Args.decode_chunk = 1  # a chunk of one frame per decode changes the video: the temporal decoder mixes frames
+    try:
+        assert not torch.equal(video8, evaluate.make_video(svd, rgb8, Args))
+    finally:
+        Args.decode_chunk = None
 
 
 def test_random_baseline_copies_the_perturbation_statistics():
@@ -113,7 +123,8 @@ def test_random_baseline_copies_the_perturbation_statistics():
     guarded8 = (rgb8.int() + torch.randint(-8, 9, rgb8.shape, generator=g) + 2).to(torch.uint8)
     random8 = evaluate.matched_noise(rgb8, guarded8, seed=0)
     d_guard, d_random = guarded8.double() - 128, random8.double() - 128
-    assert d_random.mean().item() == pytest.approx(d_guard.mean().item(), abs=0.05)
+    standard_error = d_guard.std().item() / d_guard.numel() ** 0.5
+    assert d_random.mean().item() == pytest.approx(d_guard.mean().item(), abs=4 * standard_error)
     assert d_random.std().item() == pytest.approx(d_guard.std().item(), rel=0.02)
     assert d_random.abs().max() > 8  # Gaussian: no L_inf budget
 

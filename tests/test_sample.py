@@ -138,18 +138,18 @@ def test_conditioning_passes_gradients_to_the_image(svd_and_pipeline):
 
 
 def test_load_image_applies_exif_orientation_and_drops_alpha(tmp_path):
-    rgba = np.zeros((8, 16, 4), np.uint8)
+    rgba = np.zeros((12, 24, 4), np.uint8)
     rgba[..., 0] = 255
-    rgba[:, :8, 3] = 255  # left half opaque red, right half fully transparent red
+    rgba[:, :12, 3] = 255  # left half opaque red, right half fully transparent red
     Image.fromarray(rgba).save(tmp_path / "alpha.png")
     x = sample.load_image(tmp_path / "alpha.png")
-    assert x.shape == (3, 8, 16)
-    assert torch.equal(x, torch.tensor([1.0, -1, -1]).view(3, 1, 1).expand(3, 8, 16))
+    assert x.shape == (3, 12, 24)
+    assert torch.equal(x, torch.tensor([1.0, -1, -1]).view(3, 1, 1).expand(3, 12, 24))
 
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    Image.new("RGB", (16, 8), "blue").save(tmp_path / "rotated.jpg", exif=exif)
-    assert sample.load_image(tmp_path / "rotated.jpg").shape == (3, 16, 8)
+    Image.new("RGB", (24, 12), "blue").save(tmp_path / "rotated.jpg", exif=exif)
+    assert sample.load_image(tmp_path / "rotated.jpg").shape == (3, 24, 12)
     assert sample.load_image(tmp_path / "rotated.jpg", size=(24, 32)).shape == (3, 24, 32)
 
 

@@ -1,0 +1,211 @@
+"""What the three commands (attack.py, sample.py, evaluate.py) share: flag types, one-line errors with
+an exit status, the device, and output files written all or nothing, never onto an input.
+
+Exit statuses: 2 for a usage error (a bad flag or path, refused before any work), 1 for a failure met
+while running (an unreadable photo, broken weights, NaN, out of memory), 130 for Ctrl-C.
+"""
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from weights import WeightsError
+
+USAGE, FAILURE, INTERRUPTED = 2, 1, 130
+# Upper limits of the flags that size the tensors, so that a typo is refused instead of exhausting memory.
+MAX_FRAMES, MAX_SIDE, MAX_SAMPLE_STEPS = 128, 4096, 1000
+MAX_SEED = 2**63 - 1
+
+
+def fail(message, status=USAGE):
+    """One line on stderr, then exit with `status`: how the commands refuse bad input and report failures."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def command(main):
+    """Wrap a command's main(argv) so that whatever goes wrong while it runs ends as one line on stderr and
+    an exit status, never a traceback. Files are written all or nothing (write_files), so an error or
+    Ctrl-C leaves the outputs finished before it and nothing else."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            fail("interrupted (Ctrl-C); the outputs finished before it are complete, nothing else was written",
+                 INTERRUPTED)
+        except (WeightsError, ValueError, OSError, RuntimeError, MemoryError) as e:
+            fail(one_line(e), FAILURE)
+    return run
+
+
+def one_line(error):
+    """An exception's message, first line only (torch's can run to many)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# ---------------------------------------------------------------- flags
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written; each flag's default said once, unless its help already says it."""
+
+    def _get_help_string(self, action):
+        unsaid = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if unsaid or "default" in action.help:
+            return action.help
+        return action.help + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with HelpFormatter, and a bad flag refused in one line (exit 2) without the usage text."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        fail(f"{message} (see -h)")
+
+
+def number(text):
+    """A flag type: '8/255' or '0.03' -> a finite float."""
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def integer(low, high=math.inf):
+    """A flag type: an integer from low to high."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+    return parse
+
+
+def variant(text):
+    """--variant: which weight files to load, '*.fp16.safetensors' for 'fp16', '*.safetensors' for 'none'."""
+    return None if text.lower() == "none" else text
+
+
+def parse_device(name):
+    """--device -> a torch.device that exists on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"unknown device {name!r}")
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type not in available:
+        fail(f"--device {name}: use cpu, cuda or mps")
+    if not available[device.type]():
+        fail(f"--device {name} but {device.type} is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def default_dtype(device):
+    """Model dtype unless --dtype says otherwise: bfloat16 on CUDA, float32 elsewhere."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def weights_hint(model):
+    """What to add to a weights error for a hub model: how to try the tools without its weights."""
+    if model in ("tiny", "toy") or Path(model).is_dir():
+        return ""
+    return ("; to try the tools without it: --model toy (a small trained model that runs on a CPU) "
+            "or --model tiny (untrained, for tests)")
+
+
+# ---------------------------------------------------------------- output files
+def file_key(path):
+    """What identifies a file: device and inode when it exists (so a link to it is the same file), else its
+    absolute path."""
+    try:
+        stat = Path(path).stat()
+        return stat.st_dev, stat.st_ino
+    except OSError:
+        return str(Path(path).resolve())
+
+
+def refuse_clashes(planned, inputs):
+    """planned: (what it is made from, output path) pairs. Refuse, before any work, an output that would
+    overwrite an input or that two different sources would both write."""
+    inputs = {file_key(path): path for path in inputs}
+    owners = {}
+    for source, path in planned:
+        key = file_key(path)
+        if key in inputs:
+            fail(f"{path} would overwrite the input {inputs[key]}; choose another --out")
+        if owners.setdefault(key, source) != source:
+            fail(f"{owners[key]} and {source} would both be written to {path}; rename one, or give each its own --out")
+
+
+def check_writable(folder, may_create=False):
+    """Refuse, before any work, a folder the outputs cannot go to. With may_create it may be missing: it is
+    created when the first output is written, inside its nearest existing parent."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing != folder and not may_create:
+        fail(f"no such folder: {folder}")
+    if not existing.is_dir():
+        fail(f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"cannot write to {existing}")
+
+
+def write_files(files):
+    """Write {path: bytes} all or nothing, creating missing folders. Each file goes first to a new
+    temporary file beside its target, created exclusively (nothing planted there is followed); all are
+    renamed onto their targets only once every one is written."""
+    staged = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~umask())  # the permissions a plainly created file gets
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def json_bytes(value):
+    """Strict JSON for a report: infinities and NaN become null (the PSNR of an unchanged photo is infinite)."""
+    def strict(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return v
+    return json.dumps(strict(value), indent=1, allow_nan=False).encode()

@@ -1,0 +1,90 @@
+"""Photo and mask files: any still image Pillow reads becomes 8-bit RGB (plus its alpha channel), or a
+one-line ValueError that says why not.
+
+A photo must be at least MIN_SIDE pixels a side and at most MAX_PIXELS pixels; both are checked from
+the file's header, before the pixels are decoded. 16-bit images are scaled to 8 bits (the guarded photo
+is an 8-bit PNG); floating-point images, 32-bit integer images with values beyond 16 bits, animations
+and multi-page files are refused. A colour profile is kept only if it describes RGB: a gray or CMYK
+photo's profile would misdescribe the RGB pixels written.
+"""
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+MIN_SIDE = 11  # SSIM's 11x11 window (metrics.ssim) must fit inside the photo
+MAX_PIXELS = 50_000_000  # above any camera's photos, below Pillow's decompression-bomb guard
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+def read_image(path):
+    """An image file -> (PIL image in mode RGB or RGBA, its RGB colour profile or None), EXIF orientation applied."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_still's limit is lower
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(f"a photo must be at most {MAX_PIXELS / 1e6:g} megapixels") from None
+    except OSError as e:
+        raise ValueError(f"not a readable image ({e})") from None
+    with im:
+        check_still(im)
+        try:
+            im.load()
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"not a readable image ({e})") from None
+        icc = im.info.get("icc_profile")
+        return to_8bit(ImageOps.exif_transpose(im)), icc if icc and icc[16:20] == b"RGB " else None
+
+
+def check_still(im):
+    """What the header says: one frame, and a size within MIN_SIDE and MAX_PIXELS."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise ValueError(f"an animation or multi-page image ({frames} frames): save the frame to use as a PNG")
+    w, h = im.size
+    if min(w, h) < MIN_SIDE:
+        raise ValueError(f"{w}x{h} pixels: a photo must be at least {MIN_SIDE} pixels a side")
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"{w}x{h} pixels: a photo must be at most {MAX_PIXELS / 1e6:g} megapixels")
+
+
+def to_8bit(im):
+    """A decoded image in any Pillow mode -> RGB or RGBA, 8 bits per channel (16-bit gray is scaled, not clipped)."""
+    if im.mode == "F":
+        raise ValueError("a floating-point image: save it with 8 or 16 bits per channel")
+    if im.mode.startswith("I"):  # gray: I;16 (16-bit files), or I (how older Pillow opens them; also 32-bit files)
+        values = np.asarray(im)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError("a 32-bit integer image: save it with 8 or 16 bits per channel")
+        im = Image.fromarray((values / 257).round().astype(np.uint8))  # 65535 -> 255
+    mode = "RGBA" if im.mode in ALPHA_MODES or "transparency" in im.info else "RGB"
+    try:
+        return im.convert(mode)
+    except ValueError as e:
+        raise ValueError(f"a {im.mode} image that cannot be converted to RGB ({e})") from None
+
+
+def read_photo(path):
+    """A photo file -> (RGB uint8 (3,H,W), alpha uint8 (H,W) or None, RGB ICC profile or None)."""
+    im, icc = read_image(path)
+    alpha = np.asarray(im.getchannel("A")) if im.mode == "RGBA" else None
+    rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W)
+    return rgb, alpha, icc
+
+
+def read_mask(path):
+    """A mask image -> (H,W) float of 0/1; pixels brighter than mid-grey are protected."""
+    im, _ = read_image(path)
+    return torch.from_numpy(np.asarray(im.convert("L")) > 127).float()
+
+
+def png_bytes(rgb8, alpha=None, icc=None):
+    """(3,H,W) uint8 (+ alpha (H,W), + RGB colour profile) -> the bytes of a PNG file."""
+    array = rgb8.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([array, alpha]) if alpha is not None else array).save(
+        buffer, format="PNG", **({"icc_profile": icc} if icc else {}))
+    return buffer.getvalue()

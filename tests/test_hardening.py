@@ -1,0 +1,412 @@
+"""Bad input, as a careless user or an adversary gives it, through the three commands: each case ends
+with its exit status (2 usage, 1 failure, 130 Ctrl-C), one error line on stderr and no traceback, and
+every file already there byte-identical, with no file written but the intended outputs. Photos are
+tiny and most cases are refused before the model loads, so the whole file runs in about a minute."""
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+from safetensors.torch import save_file
+
+import attack
+import evaluate
+import sample
+import weights
+from cli import write_files
+from photos import MAX_PIXELS, MIN_SIDE
+from weights import WeightsError, tiny_svd
+
+ROOT = attack.Path(attack.__file__).parent
+TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]
+ATTACK = TINY + ["--steps", "1"]
+RANDOM = TINY + ["--method", "random-sign"]  # no optimisation: the file handling alone
+EVALUATE = TINY + ["--steps", "1", "--methods", "random-sign"]
+
+
+# ---------------------------------------------------------------- helpers
+def noise_photo(path, size=(24, 32), mode="RGB"):
+    g = np.random.default_rng(len(str(path)))
+    format = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # pic.json: a photo by another name
+    Image.fromarray((g.random((*size, 3)) * 255).astype(np.uint8)).convert(mode).save(path, format=format)
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    return noise_photo(tmp_path / "photo.png")
+
+
+def write_png(path, width, height, bits, colour, rows=b""):
+    """A PNG written by hand (Pillow cannot write 16-bit RGB); without rows it declares its size and holds
+    no pixels, so only a reader that decodes before checking the size would notice."""
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, bits, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def png16(path, array):
+    """(H,W,3) or (H,W) uint16 -> a 16-bit RGB or gray PNG."""
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in array)  # each row: filter 0, big-endian samples
+    return write_png(path, array.shape[1], array.shape[0], 16, 2 if array.ndim == 3 else 0, rows)
+
+
+def snapshot(folder):
+    """Every file (its bytes) and folder (None) under `folder`, hidden ones included."""
+    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def run(main, args, capsys):
+    """A command's main in-process -> (exit status, stderr)."""
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def refused(main, args, tmp_path, capsys, status, new=()):
+    """Run a command that must stop: exit `status`, one error line and no traceback, the files under tmp_path
+    unchanged, and nothing new but `new` (paths relative to tmp_path). Returns the error line."""
+    before = snapshot(tmp_path)
+    code, err = run(main, args, capsys)
+    print(f"\n[{main.__module__}] exit {code}: {err.strip().splitlines()[-1]}")
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == status and len(errors) == 1 and "Traceback" not in err, err
+    if status == 2:  # usage errors are refused before any work: nothing else is said
+        assert [line for line in err.splitlines() if not line.startswith("WARNING")] == errors
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(after) - set(before) == set(map(attack.Path, new))
+    return errors[0]
+
+
+def tiny_with_nan(*args, **kwargs):
+    svd = tiny_svd(0)
+    svd.vae.encoder.conv_in.weight.data[0, 0, 0, 0] = float("nan")
+    return svd
+
+
+# ---------------------------------------------------------------- 1. non-finite numbers
+@pytest.mark.parametrize("main, flag, value", [
+    (attack.main, "--step-size", "nan"), (attack.main, "--eps", "nan"), (attack.main, "--alpha", "inf"),
+    (attack.main, "--tau1", "nan"), (sample.main, "--noise-aug", "nan"), (sample.main, "--max-guidance", "inf"),
+    (evaluate.main, "--eps", "nan")])
+def test_non_finite_flags_are_refused(photo, tmp_path, capsys, main, flag, value):
+    args = ["--image", photo, "--out", tmp_path / ("v.gif" if main is sample.main else "o"), flag, value]
+    assert "finite" in refused(main, args + TINY, tmp_path, capsys, 2)
+
+
+@pytest.mark.parametrize("case", ["sign", "gradient", "sample"])
+def test_nan_weights_fail_before_anything_is_written(photo, tmp_path, capsys, monkeypatch, case):
+    """A NaN in the weights once gave a black photo or video, or an update that silently did nothing."""
+    if case == "sample":
+        monkeypatch.setattr(sample, "load_model", tiny_with_nan)
+        args = ["--image", photo, "--out", tmp_path / "v.gif"] + TINY
+        assert "NaN" in refused(sample.main, args, tmp_path, capsys, 1)
+    else:
+        monkeypatch.setattr(attack, "load_model", tiny_with_nan)
+        args = ["--image", photo, "--update", case, "--no-temporal", "--no-diffusion"] + ATTACK
+        assert "not finite" in refused(attack.main, args, tmp_path, capsys, 1)
+
+
+def test_report_of_an_unchanged_photo_is_strict_json(photo, tmp_path, capsys):
+    """An all-black mask leaves the photo unchanged: its PSNR is infinite, written as null, not Infinity."""
+    Image.new("L", (32, 24)).save(tmp_path / "mask.png")
+    status, _ = run(attack.main, ["--image", photo, "--mask", tmp_path / "mask.png"] + RANDOM, capsys)
+    assert status == 0
+    report = json.loads((tmp_path / "photo.guarded.json").read_text(), parse_constant=pytest.fail)
+    assert report["psnr_db"] is None and report["linf_8bit_levels"] == 0
+
+
+# ---------------------------------------------------------------- 2. image modes
+@pytest.mark.parametrize("bits", ["gray16", "rgb16"])
+def test_16_bit_photos_are_scaled_not_clipped(tmp_path, capsys, bits):
+    values = np.random.default_rng(0).integers(0, 65536, (24, 32) if bits == "gray16" else (24, 32, 3))
+    path = png16(tmp_path / "deep.png", values.astype(np.uint16))
+    assert run(attack.main, ["--image", path] + RANDOM, capsys)[0] == 0
+    guarded = np.asarray(Image.open(tmp_path / "deep.guarded.png").convert("RGB")).astype(int)
+    expected = values / 257 if bits == "gray16" else values >> 8  # gray scaled; RGB: Pillow keeps the high byte
+    assert np.abs(guarded - (expected[..., None] if bits == "gray16" else expected)).max() <= 9  # 8 levels + rounding
+
+
+@pytest.mark.parametrize("case", ["float", "int32", "animated"])
+def test_unusable_modes_are_refused(tmp_path, capsys, case):
+    if case == "animated":
+        frames = [Image.new("RGB", (32, 24), c) for c in ("red", "blue")]
+        frames[0].save(tmp_path / "x.gif", save_all=True, append_images=frames[1:])
+        path = tmp_path / "x.gif"
+    else:
+        values = np.full((24, 32), 0.5, np.float32) if case == "float" else np.full((24, 32), 2**20, np.int32)
+        path = tmp_path / "x.tif"
+        Image.fromarray(values).save(path)
+    message = refused(attack.main, ["--image", path] + RANDOM, tmp_path, capsys, 1)
+    assert {"float": "floating-point", "int32": "32-bit", "animated": "2 frames"}[case] in message
+
+
+@pytest.mark.parametrize("mode, space, kept", [("RGB", b"RGB ", True), ("L", b"GRAY", False), ("CMYK", b"CMYK", False)])
+def test_colour_profile_is_kept_only_when_it_describes_rgb(tmp_path, capsys, mode, space, kept):
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[16:20] = space  # the profile's colour space, as a gray or CMYK profile declares it
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    Image.open(noise_photo(tmp_path / "src.png")).convert(mode).save(path, icc_profile=bytes(profile))
+    assert run(attack.main, ["--image", path] + RANDOM, capsys)[0] == 0
+    with Image.open(tmp_path / "x.guarded.png") as guarded:
+        assert guarded.mode == "RGB" and ("icc_profile" in guarded.info) == kept
+
+
+# ---------------------------------------------------------------- 3. temporary files
+def test_a_symlink_planted_at_a_temporary_name_is_not_followed(photo, tmp_path, capsys):
+    out = tmp_path / "photo.guarded.png"
+    os.symlink(photo, tmp_path / f".{out.name}.{os.getpid()}.tmp")  # the name temporary files once had
+    before = photo.read_bytes()
+    assert run(attack.main, ["--image", photo] + RANDOM, capsys)[0] == 0
+    assert photo.read_bytes() == before and not out.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [photo.name, out.name, "photo.guarded.json", f".{out.name}.{os.getpid()}.tmp"])
+
+
+def test_files_are_written_all_or_nothing(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError):
+        write_files({tmp_path / "a.txt": b"a", tmp_path / "file" / "b.txt": b"b"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ---------------------------------------------------------------- 4. overwrites and 5. collisions
+@pytest.mark.parametrize("case", ["out is the mask", "output is a later input", "report is an input",
+                                  "preview is an input", "out is not a png", "frame is the input",
+                                  "evaluate table is an input"])
+def test_no_output_lands_on_an_input(photo, tmp_path, capsys, case):
+    mask = noise_photo(tmp_path / "mask.png")
+    later = noise_photo(tmp_path / "photo.guarded.png")
+    main, args = attack.main, {
+        "out is the mask": ["--image", photo, "--mask", mask, "--out", mask],
+        "output is a later input": ["--image", photo, later],
+        "report is an input": ["--image", noise_photo(tmp_path / "pic.json"), "--out", tmp_path / "pic.png"],
+        "preview is an input": ["--image", photo, noise_photo(tmp_path / "photo.guarded.after.gif"), "--preview"],
+        "out is not a png": ["--image", photo, "--out", tmp_path / "x.json"],
+        "frame is the input": ["--image", noise_photo(tmp_path / "frame_001.png"), "--out", tmp_path / "v.gif",
+                               "--frames-dir", tmp_path],
+        "evaluate table is an input": ["--image", photo, noise_photo(tmp_path / "tables.md"), "--out", tmp_path],
+    }[case]
+    main = {"frame is the input": sample.main, "evaluate table is an input": evaluate.main}.get(case, main)
+    extra = ["--methods", "random-sign"] if main is evaluate.main else []
+    refused(main, args + TINY + extra, tmp_path, capsys, 2)
+
+
+@pytest.mark.parametrize("case", ["same stem, one folder", "same name, two folders", "evaluate, same stem"])
+def test_two_photos_never_share_an_output(tmp_path, capsys, case):
+    for path in ("in/x.png", "in/x.bmp", "A/p.png", "B/p.png"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        noise_photo(tmp_path / path)
+    args = {"same stem, one folder": ["--image", tmp_path / "in"],
+            "same name, two folders": ["--image", tmp_path / "A/p.png", tmp_path / "B/p.png", "--out", tmp_path / "o"],
+            "evaluate, same stem": ["--image", tmp_path / "in", "--out", tmp_path / "o"]}[case]
+    main = evaluate.main if case.startswith("evaluate") else attack.main
+    assert "both be written" in refused(main, args + TINY, tmp_path, capsys, 2)
+
+
+# ---------------------------------------------------------------- 6. small and huge
+def test_a_too_small_photo_fails_alone_and_the_folder_goes_on(photo, tmp_path, capsys):
+    noise_photo(tmp_path / "dot.png", size=(1, 1))
+    noise_photo(tmp_path / "thin.png", size=(MIN_SIDE - 1, 40))
+    before = snapshot(tmp_path)
+    status, err = run(attack.main, ["--image", tmp_path, "--out", tmp_path / "out"] + RANDOM, capsys)
+    assert status == 1 and err.count("error:") == 2 and "Traceback" not in err
+    assert f"at least {MIN_SIDE} pixels" in err and "1 of 3 photos protected" in err
+    assert set(snapshot(tmp_path)) - set(before) == {attack.Path(p) for p in (
+        "out", "out/photo.guarded.png", "out/photo.guarded.json")}
+
+
+@pytest.mark.parametrize("side", [8000, 20000])  # above our limit; above Pillow's decompression-bomb guard
+def test_a_huge_photo_is_refused_from_its_header(tmp_path, capsys, side):
+    path = write_png(tmp_path / "huge.png", side, side, 8, 2)
+    assert side * side > MAX_PIXELS
+    assert "megapixels" in refused(attack.main, ["--image", path] + RANDOM, tmp_path, capsys, 1)
+
+
+@pytest.mark.parametrize("main, flag, value", [(attack.main, "--frames", 1000000), (sample.main, "--frames", 1000000),
+                                               (evaluate.main, "--height", 100000),
+                                               (attack.main, "--sample-steps", 10**9)])
+def test_sizes_beyond_the_limits_are_refused(photo, tmp_path, capsys, main, flag, value):
+    out = tmp_path / ("v.gif" if main is sample.main else "o")
+    assert "at most" in refused(main, ["--image", photo, "--out", out] + TINY + [flag, value], tmp_path, capsys, 2)
+
+
+# ---------------------------------------------------------------- 7. weights configs and --variant
+UNET = {"_class_name": "UNetSpatioTemporalConditionModel"}
+
+
+@pytest.mark.parametrize("config", [[], "unet", None, "deep", UNET | {"num_attention_heads": 0},
+                                    UNET | {"block_out_channels": "wide"}, UNET | {"layers_per_block": True},
+                                    UNET | {"num_frames": -3}, UNET | {"num_attention_heads": [1, 2]},
+                                    UNET | {"block_out_channels": [30, 30, 30, 30]}],
+                         ids=["list", "string", "null", "deep", "0 heads", "wrong type", "bool", "negative",
+                              "short tuple", "not a multiple of 32"])
+def test_a_bad_config_is_one_weights_error(photo, tmp_path, capsys, config):
+    (tmp_path / "svd/unet").mkdir(parents=True)
+    text = "[" * 100000 + "]" * 100000 if config == "deep" else json.dumps(config)
+    (tmp_path / "svd/unet/config.json").write_text(text)
+    message = refused(attack.main, ["--image", photo] + ATTACK + ["--model", tmp_path / "svd"], tmp_path, capsys, 1)
+    assert "unet/config.json" in message
+
+
+def test_clip_heads_must_divide_its_width(tmp_path):
+    folder = tmp_path / "image_encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(
+        {"architectures": ["CLIPVisionModelWithProjection"], "hidden_size": 64, "num_attention_heads": 3}))
+    with pytest.raises(WeightsError, match="not divisible"):
+        weights.build_network(str(tmp_path), "image_encoder")
+
+
+def test_variant_none_loads_plain_safetensors(photo, tmp_path, capsys):
+    svd = tiny_svd(0)
+    for folder, (_, _, class_name, stem) in weights.COMPONENTS.items():
+        network, path = getattr(svd, folder), tmp_path / "svd" / folder
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps({"_class_name": class_name} | asdict(network.config)))
+        save_file(network.state_dict(), path / f"{stem}.safetensors")
+    args = ["--image", photo, "--out", tmp_path / "v.gif", "--model", tmp_path / "svd", "--height", 64, "--width", 64,
+            "--frames", 2, "--sample-steps", 1]
+    assert "fp16.safetensors" in refused(sample.main, args, tmp_path, capsys, 1)
+    assert run(sample.main, args + ["--variant", "none"], capsys)[0] == 0
+    assert Image.open(tmp_path / "v.gif").n_frames == 2
+
+
+# ---------------------------------------------------------------- 8. other uncaught errors
+@pytest.mark.parametrize("case", ["out folder is a file", "sample out is a folder", "frames-dir is a file",
+                                  "seed too big", "negative seed", "meta device", "evaluate out is a file"])
+def test_other_bad_paths_and_values(photo, tmp_path, capsys, case):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "v.gif").mkdir()
+    two = [photo, noise_photo(tmp_path / "second.png")]
+    main, args = {
+        "out folder is a file": (attack.main, ["--image", *two, "--out", tmp_path / "file"]),
+        "sample out is a folder": (sample.main, ["--image", photo, "--out", tmp_path / "v.gif"]),
+        "frames-dir is a file": (sample.main, ["--image", photo, "--out", tmp_path / "w.gif",
+                                               "--frames-dir", tmp_path / "file"]),
+        "seed too big": (attack.main, ["--image", photo, "--seed", 2**63]),
+        "negative seed": (sample.main, ["--image", photo, "--out", tmp_path / "w.gif", "--seed", -1]),
+        "meta device": (attack.main, ["--image", photo, "--device", "meta"]),
+        "evaluate out is a file": (evaluate.main, ["--image", photo, "--out", tmp_path / "file"]),
+    }[case]
+    refused(main, args + TINY, tmp_path, capsys, 2)
+
+
+@pytest.mark.parametrize("case", ["trailing slash", "folder of one photo"])
+def test_out_folder_for_one_photo(photo, tmp_path, capsys, case):
+    source = photo if case == "trailing slash" else photo.parent
+    out = str(tmp_path / "new") + ("/" if case == "trailing slash" else "")
+    assert run(attack.main, ["--image", source, "--out", out] + RANDOM, capsys)[0] == 0
+    assert (tmp_path / "new/photo.guarded.png").is_file() and (tmp_path / "new/photo.guarded.json").is_file()
+
+
+# ---------------------------------------------------------------- 9. Ctrl-C
+@pytest.mark.parametrize("main", [attack.main, sample.main])
+def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(photo, tmp_path, capsys, monkeypatch, main):
+    """Interrupted while making the second preview video: the guarded photo was ready, and is not written alone."""
+    calls, generate = [], sample.generate
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 or main is sample.main:
+            raise KeyboardInterrupt
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(attack if main is attack.main else sample, "generate", interrupted)
+    args = ["--image", photo] + (RANDOM + ["--preview"] if main is attack.main else
+                                 ["--out", tmp_path / "v.gif"] + TINY)
+    assert "interrupted" in refused(main, args, tmp_path, capsys, 130)
+
+
+# ---------------------------------------------------------------- 10. evaluate.py
+def test_evaluate_goes_on_past_a_bad_photo_and_remakes_a_corrupt_record(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    noise_photo(photos / "a.png")
+    (photos / "b.png").write_bytes(b"not an image")
+    (tmp_path / "out/a").mkdir(parents=True)
+    (tmp_path / "out/a/metrics.json").write_text('{"videos": ')  # a run killed mid-write, by another tool
+    status, err = run(evaluate.main, ["--image", photos, "--out", tmp_path / "out"] + EVALUATE, capsys)
+    assert status == 1 and err.count("error:") == 1 and "b.png" in err and "Traceback" not in err
+    assert "1 of 2 photos evaluated" in err
+    record = json.loads((tmp_path / "out/a/metrics.json").read_text())
+    assert record["settings"]["frames"] == 3 and record["settings"]["dtype"] == "float32"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"a", "tables.md", "results.csv", "results.json"}
+
+
+def test_evaluate_refuses_to_resume_with_other_settings(photo, tmp_path, capsys):
+    settings = dict(model="tiny", variant="fp16", dtype="float32", eps=8 / 255, steps=1, seed=0, frames=3,
+                    sample_steps=2, height=64, width=64, decode_chunk=None, no_judges=False, dino=evaluate.DINO_SOURCE, aesthetic=evaluate.AESTHETIC_SOURCE)
+    (tmp_path / "out/photo").mkdir(parents=True)
+    videos = {"original": {"static": True}, "random-sign": {"static": True}}
+    (tmp_path / "out/photo/metrics.json").write_text(json.dumps({"photo": "photo.png", "videos": videos,
+                                                                 "settings": settings}))
+    args = ["--image", photo, "--out", tmp_path / "out"] + EVALUATE
+    assert "eps" in refused(evaluate.main, args + ["--eps", "4/255"], tmp_path, capsys, 2)
+    assert run(evaluate.main, args, capsys)[0] == 0  # same settings: done already
+
+
+def test_evaluate_creates_nothing_when_the_model_fails(photo, tmp_path, capsys):
+    args = ["--image", photo, "--out", tmp_path / "out", "--model", tmp_path / "no-such-model"]
+    refused(evaluate.main, args, tmp_path, capsys, 1)
+
+
+# ---------------------------------------------------------------- 11. a newcomer's path
+def test_offline_without_weights_fails_fast_and_says_what_to_do(photo, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing answers there
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "attack.py", "--image", photo], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    print(f"\n[offline] {time.perf_counter() - start:.1f} s: {result.stderr.strip()}")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    for hint in ("--model toy", "--model tiny", "hf auth login", "licence"):
+        assert hint in result.stderr
+    assert time.perf_counter() - start < 60  # the hub's retries took about 25 s on their own
+
+
+@pytest.mark.parametrize("main", [attack.main, sample.main, evaluate.main])
+def test_help_says_each_default_once(capsys, main):
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in text.split(" --")[1:]:
+        assert flag.count("default") <= 1, flag
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert main is sample.main or "--eps EPS L_inf budget in [0,1] pixel units (default: 8/255)" in text
+
+
+def test_report_records_the_values_used_and_progress_is_labelled(photo, tmp_path, capsys):
+    args = ["--image", photo, "--model", "tiny", "--height", 64, "--width", 64, "--sample-steps", 1, "--steps", 1,
+            "--preview"]
+    status, err = run(attack.main, args, capsys)
+    assert status == 0
+    settings = json.loads((tmp_path / "photo.guarded.json").read_text())["settings"]
+    assert settings["frames"] == 6 and settings["dtype"] == "float32" and settings["low_memory"] is False
+    assert "V_0" in err and "video of the guarded photo" in err and "total=" not in err
+
+
+# ---------------------------------------------------------------- 12. one vocabulary
+def test_image_and_sample_steps_mean_the_same_everywhere(photo, tmp_path, capsys):
+    args = ["--image", photo, "--out", tmp_path / "v.gif", "--sample-steps", 1] + TINY[:-2]
+    assert run(sample.main, args, capsys)[0] == 0
+    for main in (attack.main, sample.main, evaluate.main):
+        with pytest.raises(SystemExit):
+            main(["-h"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--image" in text and "--sample-steps" in text and "bfloat16 on CUDA" in text
+        assert "--seed SEED" in text and "(default: 0)" in text.split("--seed SEED")[-1][:80]
+    assert "--photos" in text  # evaluate keeps its old name for --image

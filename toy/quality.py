@@ -1,0 +1,109 @@
+"""How good the toy SVD is: its videos against the truth on held-out generated clips, and on the held-out
+photos in examples/.
+
+    python -m toy.quality                       # prints Markdown tables; about 2 minutes on 2 CPU cores
+    python -m toy.quality --gif toy/samples.gif # also a GIF of the toy's videos of four example photos
+
+Held-out clips come from toy/data.py with seeds the training never drew (its generator starts at
+seed 0 and draws in order; these use seeds from 10**6). A sampled video guesses one of many possible
+motions, so its PSNR to the true clip is compared with two references: "repeat the first frame" (no
+motion at all) and the same networks untrained (random weights, the trained VAE's scaling factor).
+"""
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import VAE, CLIPImageEncoder, UNet
+from photos import read_photo
+from sample import generate, model_input, to_images, video_bytes
+from toy.data import ClipMaker, load_photos, motion_bucket
+from weights import SVD, TOY_MODEL, load_svd
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def psnr(a, b):
+    """PSNR in dB between tensors in [-1,1] (peak-to-peak 2)."""
+    return 10 * math.log10(4 / max((a - b).pow(2).mean().item(), 1e-12))
+
+
+def untrained_like(svd, seed=0):
+    """The same networks with random weights (the scaling factor kept, so latents have the same scale)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = VAE(svd.vae.config)
+        return SVD(vae=vae.eval(), unet=UNet(svd.unet.config).eval(),
+                   image_encoder=CLIPImageEncoder(svd.image_encoder.config).eval(), source="untrained")
+
+
+def clip_scores(models, clips, steps):
+    """Per model, mean PSNR of frame 0 and of frames 1.. to the true clips; and the repeat-first-frame baseline."""
+    rows = {name: {"frame0": [], "later": []} for name in models} | {"repeat first frame": {"frame0": [], "later": []}}
+    for k, (frames, first, motion) in enumerate(clips):
+        videos = {name: generate(svd, frames[0], clip_image=first, steps=steps, seed=k,
+                                 motion_bucket_id=int(motion_bucket(torch.tensor(motion))))
+                  for name, svd in models.items()}
+        videos["repeat first frame"] = frames[:1].expand_as(frames)
+        for name, video in videos.items():
+            rows[name]["frame0"].append(psnr(video[0], frames[0]))
+            rows[name]["later"].append(np.mean([psnr(v, f) for v, f in zip(video[1:], frames[1:])]))
+    return {name: {key: float(np.mean(v)) for key, v in row.items()} for name, row in rows.items()}
+
+
+def photo_scores(svd, paths, steps, size):
+    """Per example photo: PSNR of frame 0 to the photo, PSNR between neighbouring frames, mean frame change."""
+    scores, videos = {}, {}
+    for k, path in enumerate(paths):
+        rgb8, _, _ = read_photo(path)
+        image = model_input(rgb8, size)
+        video = generate(svd, image, steps=steps, seed=k, clip_image=rgb8.float() / 127.5 - 1)
+        change = ((video[1:] - video[:-1]).abs().mean() * 127.5).item()  # grey levels of 255
+        scores[path.name] = {"frame0_psnr": psnr(video[0], image),
+                             "neighbour_psnr": float(np.mean([psnr(a, b) for a, b in zip(video[1:], video[:-1])])),
+                             "mean_frame_change_levels": change}
+        videos[path.name] = video
+    return scores, videos
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=int, default=24, help="held-out generated clips")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--json", help="also write every figure to this JSON file")
+    p.add_argument("--gif", help="also write a GIF of the toy's videos of four example photos")
+    args = p.parse_args(argv)
+
+    toy = load_svd(TOY_MODEL, variant="fp16")
+    size = toy.vae.config.sample_size
+    maker = ClipMaker(load_photos(), size, toy.unet.config.num_frames)
+    clips = [(f[0], first[0], m.item()) for f, first, m in
+             (maker.make(1, torch.Generator().manual_seed(10**6 + k)) for k in range(args.clips))]
+    with torch.no_grad():
+        clip_table = clip_scores({"toy": toy, "untrained": untrained_like(toy)}, clips, args.steps)
+        photos = sorted(EXAMPLES.glob("*.png"))
+        photo_table, videos = photo_scores(toy, photos, args.steps, (size, size))
+
+    print(f"Held-out generated clips ({args.clips}), mean PSNR to the true clip (dB):\n")
+    print("| video | frame 0 | frames 1.. |\n|---|---|---|")
+    for name, row in clip_table.items():
+        print(f"| {name} | {row['frame0']:.2f} | {row['later']:.2f} |")
+    print(f"\nHeld-out photos (examples/), {size}x{size}:\n")
+    print("| photo | frame 0 to the photo (dB) | neighbouring frames (dB) | mean frame change (levels of 255) |")
+    print("|---|---|---|---|")
+    for name, row in photo_table.items():
+        print(f"| {name} | {row['frame0_psnr']:.2f} | {row['neighbour_psnr']:.2f} | {row['mean_frame_change_levels']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"clips": clip_table, "photos": photo_table}, indent=1))
+    if args.gif:
+        picks = [videos[name] for name in list(videos)[:4]]
+        row = torch.cat(picks, dim=-1)  # (F, 3, H, 4W)
+        Path(args.gif).write_bytes(video_bytes(to_images(row), 7))
+
+
+if __name__ == "__main__":
+    main()
