@@ -1,6 +1,6 @@
 """Train the toy SVD: the official network classes at a small size, on clips from toy/data.py, on a CPU.
 
-    python -m toy.train --out toy/weights          # about 45 minutes on 2 CPU cores
+    python -m toy.train --out toy/weights          # under an hour on 2 CPU cores
     python -m toy.train --out /tmp/toy --device cuda --unet-steps 20000   # a better toy on a GPU
 
 Two phases, as SVD's networks were made:
@@ -15,8 +15,8 @@ Two phases, as SVD's networks were made:
 
 The CLIP image encoder stays a small FROZEN RANDOM network: its embedding is a fixed random feature of
 the photo. The UNet's weights are an exponential moving average. Writes the official folder layout
-(unet/, vae/, image_encoder/: config.json and float16 *.fp16.safetensors), loss_curve.png and
-training.json (settings, per-phase wall time, final losses).
+(unet/, vae/, image_encoder/: config.json and float16 *.fp16.safetensors), loss_curve.png (every
+step's loss) and training.json (settings, per-phase wall time, final losses).
 """
 import argparse
 import json
@@ -155,8 +155,8 @@ def save_component(folder, network, class_name, stem, extra=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (official layout)")
-    p.add_argument("--vae-steps", type=int, default=1400)
-    p.add_argument("--unet-steps", type=int, default=2800)
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--unet-steps", type=int, default=2000)
     p.add_argument("--vae-batch", type=int, default=1, help="clips per VAE step")
     p.add_argument("--unet-batch", type=int, default=4, help="clips per UNet step")
     p.add_argument("--seed", type=int, default=0)
@@ -197,8 +197,7 @@ def main(argv=None):
     summary = {"settings": vars(args), "size": SIZE, "frames": FRAMES, "p_mean": P_MEAN, "p_std": P_STD,
                "uniform_share": UNIFORM_SHARE, "cond_dropout": COND_DROPOUT, "threads": torch.get_num_threads(),
                "scaling_factor": vae.config.scaling_factor, **times,
-               "final_vae_loss": final_loss(log, "vae"), "final_unet_loss": final_loss(log, "unet"),
-               "log": log}
+               "final_vae_loss": final_loss(log, "vae"), "final_unet_loss": final_loss(log, "unet")}
     (out / "training.json").write_text(json.dumps(summary))
     print(f"wrote {out}: vae {times['vae_s']:.0f} s, unet {times['unet_s']:.0f} s")
 
