@@ -74,6 +74,6 @@ def join(shard, device):
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=BARRIER_TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
-    names = [f"shard {k}/{n}"] * (shard is not None) + [f"rank {rank}/{world}"] * distributed
+    names = [f"shard {k}/{n}"] * (shard is not None) + [f"rank {rank} of {world}"] * distributed
     label = ", ".join(names) or "photos"
     return Worker((k - 1) * world + rank, n * world, rank, distributed, label), device
