@@ -302,7 +302,8 @@ def merge(out, folders, methods, settings):
     """Write the tables over the photos of `folders` (in out) done with these settings and methods, and
     say how many of them are done; returns that number."""
     records = [read_record(folder / "metrics.json") for folder in folders]
-    records = [r for r in records if r is not None and r.get("settings") == settings and set(methods) <= set(r["videos"])]
+    records = [r for r in records
+               if r is not None and r.get("settings") == settings and set(methods) <= set(r["videos"])]
     if records:
         print(write_results(out, records, methods, model_note(settings["model"])), end="")
     if len(folders) > 1:
@@ -323,7 +324,7 @@ def merge_only(out, photos):
     settings = done[first].get("settings")
     other = [str(folder) for folder, record in done.items() if record.get("settings") != settings]
     if other:
-        fail(f"{', '.join(other)} made with other settings than {first}; merge each run's --out on its own")
+        fail(f"{', '.join(other)}: made with other settings than {first}; merge each run's --out on its own")
     methods = [m for m in METHODS if all(m in record["videos"] for record in done.values())]
     if merge(out, folders, methods, settings) < len(folders):
         sys.exit(FAILURE)
@@ -422,7 +423,8 @@ def main(argv=None):
     previous = {photo: previous_record(out / photo.stem / "metrics.json", settings) for photo in photos}
 
     failures = []
-    with tqdm([photo for photo in photos if worker.takes(photo)], desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
+    mine = [photo for photo in photos if worker.takes(photo)]
+    with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
         for photo in bar:
             record = previous[photo]
             if record is not None and set(args.methods) <= set(record["videos"]):

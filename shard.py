@@ -5,8 +5,8 @@ loop); both together split each of the N shares again among the torchrun workers
 Which worker takes a photo is decided by a SHA-256 hash of its file name, not by its place in the list:
 a photo always goes to the same worker for a given number of workers, whatever other photos the folder
 holds, so array tasks that start hours apart agree even if photos arrived in between. The shares are
-even only on average (1000 photos on 8 workers: 125 ± 10 each, one standard deviation). A photo's result does not depend on the
-worker that made it: every seed is per photo.
+even only on average (1000 photos on 8 workers: 125 ± 10 each, one standard deviation). A photo's
+result does not depend on the worker that made it: every seed is per photo.
 """
 import argparse
 import datetime
