@@ -6,12 +6,15 @@ incoherent video from the photo. It attacks three things at once (paper Eq. 1-4,
   temporal   L_att: the temporal self-attention maps of the UNet are pushed away from the source's;
   diffusion  L_con: the denoiser's predicted clean frames move to black frames and away from the
              video SVD makes of the clean photo.
-The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it.
+The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it. A photo
+whose report already records the same settings is skipped, so a rerun resumes; many photos can be
+shared among GPUs with torchrun or --shard (shard.py).
 
 example: python attack.py --image examples/astronaut.png
 """
 import argparse
 import io
+import json
 import math
 import os
 import resource
@@ -32,6 +35,7 @@ from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, t
 from metrics import psnr, ssim
 from model.edm import denoise, karras_sigmas
 from photos import png_bytes, read_mask, read_photo
+from shard import join, parse_shard
 from sample import (added_time_ids, clip_embedding, default_low_memory, generate, image_latents, load_model,
                     model_input, model_size, to_images, video_bytes)
 from weights import DEFAULT_MODEL, WeightsError
@@ -336,7 +340,7 @@ def protect_file(svd, photo, out, mask, args, terms):
     report = {
         "input": str(photo), "output": str(out), "model": svd.source, "untrained_model": svd.untrained,
         "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("image", "out")},
+        "settings": report_settings(args),
         "psnr_db": psnr(a, b), "ssim": ssim(a, b), "linf": (a - b).abs().max().item(),
         "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
         "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
@@ -349,6 +353,21 @@ def protect_file(svd, photo, out, mask, args, terms):
     files[out.with_suffix(".json")] = json_bytes(report)
     write_files(files)
     return report
+
+
+def report_settings(args):
+    """The settings a report records: every flag's value but where the photos come from and go to and which
+    worker made them."""
+    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard")}
+
+
+def already_protected(out, settings):
+    """Whether an earlier run protected this photo with these settings: its report, the last file written,
+    is there and records them."""
+    try:
+        return json.loads(out.with_suffix(".json").read_text())["settings"] == json.loads(json_bytes(settings))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, TypeError, KeyError):
+        return False
 
 
 def peak_memory(device):
@@ -407,6 +426,9 @@ def main(argv=None):
                    help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
                         "(default: on for GPUs under 40 GiB)")
     p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF")
+    p.add_argument("--shard", type=parse_shard, metavar="K/N",
+                   help="protect only the K-th of N shares of the photos (a Slurm array task); under torchrun "
+                        "each worker takes its part of that share")
     args = p.parse_args(argv)
 
     if not 1 / 255 <= args.eps <= 1:
@@ -427,7 +449,7 @@ def main(argv=None):
     refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
                    inputs)
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
-    device = parse_device(args.device)
+    worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
     try:
         svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
@@ -442,17 +464,24 @@ def main(argv=None):
     if unknown:
         fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")
 
+    mine = [(photo, out) for photo, out in zip(photos, outs) if worker.takes(photo)]
     failures = []
-    for photo, out in zip(photos, outs):
-        try:
-            report = protect_file(svd, photo, out, mask, args, terms)
-            print(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
-                  f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s", file=sys.stderr)
-        except (ValueError, OSError, RuntimeError, MemoryError) as e:
-            failures.append(photo)
-            print(f"attack.py: error: {photo}: {one_line(e)}", file=sys.stderr)
+    with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
+        for photo, out in bar:
+            if already_protected(out, report_settings(args)):
+                bar.write(f"{photo}: done already, skipped", file=sys.stderr)
+                continue
+            try:
+                report = protect_file(svd, photo, out, mask, args, terms)
+                bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
+                          f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s", file=sys.stderr)
+            except (ValueError, OSError, RuntimeError, MemoryError) as e:
+                failures.append(photo)
+                bar.write(f"attack.py: error: {photo}: {one_line(e)}", file=sys.stderr)
     if len(photos) > 1:
-        print(f"{len(photos) - len(failures)} of {len(photos)} photos protected", file=sys.stderr)
+        of_all = f" (this worker's share of {len(photos)}: {worker.label})" if worker.count > 1 else ""
+        print(f"{len(mine) - len(failures)} of {len(mine)} photos protected{of_all}", file=sys.stderr)
+    worker.finish()
     if failures:
         sys.exit(FAILURE)
 

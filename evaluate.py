@@ -8,7 +8,10 @@ makes from each guarded photo with the same seed, then
   Table 2 (photos): PSNR and SSIM between the photo and its guarded version.
 Writes OUT/tables.md (mean ± std per method), OUT/results.csv and OUT/results.json (per photo), and per
 photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done with the same
-settings are skipped; a photo that fails is reported and the others go on.
+settings are skipped; a photo that fails is reported and the others go on. Under torchrun or with
+--shard each worker evaluates its share (shard.py) and writes its photos' folders; the tables are made
+from those folders by torchrun's rank 0 once every worker is done, or, after --shard runs, by
+--merge-only.
 
 example: python evaluate.py --image photos/ --out results/
 """
@@ -35,6 +38,7 @@ from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Pars
 from model import DINO, AestheticPredictor, CLIPConfig, ViTConfig
 from photos import png_bytes, read_photo
 from sample import default_low_memory, encoded, generate, load_model, model_input, model_size, to_uint8
+from shard import join, parse_shard
 from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
 
 # name: (protect's keyword arguments, the row's name in the tables)
@@ -267,18 +271,23 @@ SETTINGS = ("model", "variant", "dtype", "eps", "steps", "seed", "frames", "samp
             "decode_chunk", "no_judges", "dino", "aesthetic")
 
 
+def read_record(done):
+    """A photo's record from its metrics.json, or None when there is none or it cannot be read."""
+    try:
+        record = json.loads(done.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("videos"), dict) else None
+
+
 def previous_record(done, settings):
     """The record an earlier run left in `done` (a photo's metrics.json), or None when there is none or it
     cannot be read (it is made again). One made with other settings is refused: reusing it would mix
     settings in the tables, and replacing it would lose it."""
     if not done.exists():
         return None
-    try:
-        record = json.loads(done.read_text())
-        readable = isinstance(record, dict) and isinstance(record.get("videos"), dict)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        readable = False
-    if not readable:
+    record = read_record(done)
+    if record is None:
         print(f"{done}: unreadable; this photo is evaluated again", file=sys.stderr)
         return None
     old = record.get("settings")
@@ -289,11 +298,43 @@ def previous_record(done, settings):
     return record
 
 
+def merge(out, folders, methods, settings):
+    """Write the tables over the photos of `folders` (in out) done with these settings and methods, and
+    say how many of them are done; returns that number."""
+    records = [read_record(folder / "metrics.json") for folder in folders]
+    records = [r for r in records
+               if r is not None and r.get("settings") == settings and set(methods) <= set(r["videos"])]
+    if records:
+        print(write_results(out, records, methods, model_note(settings["model"])), end="")
+    if len(folders) > 1:
+        print(f"{len(records)} of {len(folders)} photos evaluated", file=sys.stderr)
+    return len(records)
+
+
+def merge_only(out, photos):
+    """--merge-only: the tables over the photo folders in `out` (those of `photos` when given), made with
+    the settings of the first one done and the methods every one has; exit 1 if some are not done."""
+    folders = [out / photo.stem for photo in photos] if photos else sorted(
+        folder for folder in out.iterdir() if (folder / "metrics.json").is_file())
+    records = {folder: read_record(folder / "metrics.json") for folder in folders}
+    done = {folder: record for folder, record in records.items() if record is not None}
+    if not done:
+        fail(f"no photo in {out} is done yet")
+    first = next(iter(done))
+    settings = done[first].get("settings")
+    other = [str(folder) for folder, record in done.items() if record.get("settings") != settings]
+    if other:
+        fail(f"{', '.join(other)}: made with other settings than {first}; merge each run's --out on its own")
+    methods = [m for m in METHODS if all(m in record["videos"] for record in done.values())]
+    if merge(out, folders, methods, settings) < len(folders):
+        sys.exit(FAILURE)
+
+
 @command
 def main(argv=None):
     p = Parser(description=__doc__)
-    p.add_argument("--image", "--photos", dest="image", nargs="+", required=True,
-                   help="photo files and/or folders of photos")
+    p.add_argument("--image", "--photos", dest="image", nargs="+",
+                   help="photo files and/or folders of photos (required, except with --merge-only)")
     p.add_argument("--out", required=True,
                    help="output folder (created when the first photo is done; photos already done there are skipped)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=",".join(METHODS),
@@ -327,7 +368,21 @@ def main(argv=None):
     p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES),
                    help="frames decoded at a time (default: all at once, as the reference pipeline; the "
                         "temporal decoder mixes frames, so chunks change the video)")
+    p.add_argument("--shard", type=parse_shard, metavar="K/N",
+                   help="evaluate only the K-th of N shares of the photos (a Slurm array task), without making "
+                        "the tables (see --merge-only); under torchrun each worker takes its part of that share")
+    p.add_argument("--merge-only", action="store_true",
+                   help="evaluate nothing: make the tables from the photo folders in --out (those of --image "
+                        "when given), after --shard runs")
     args = p.parse_args(argv)
+    if args.merge_only:
+        out = Path(args.out)
+        if not out.is_dir():
+            fail(f"no such folder: {out}")
+        check_writable(out)
+        return merge_only(out, list_photos(args.image or []))
+    if not args.image:
+        fail("the following arguments are required: --image/--photos (see -h)")
 
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
@@ -349,7 +404,7 @@ def main(argv=None):
         planned += [(photo, folder)] + [(photo, folder / name) for name in
                                         [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]]
     refuse_clashes(planned, photos)
-    device = parse_device(args.device)
+    worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
     try:
         svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
@@ -367,29 +422,32 @@ def main(argv=None):
     settings = {key: getattr(args, key) for key in SETTINGS}
     previous = {photo: previous_record(out / photo.stem / "metrics.json", settings) for photo in photos}
 
-    records, failures = [], []
-    for photo in photos:
-        record = previous[photo]
-        if record is not None and set(args.methods) <= set(record["videos"]):
-            print(f"{photo}: done already, skipped", file=sys.stderr)
-            records.append(record)
-            continue
-        folder = out / photo.stem
-        start = time.perf_counter()
-        try:
-            record, files = evaluate_photo(svd, judges, photo, folder, args.methods, args)
-            record |= {"settings": settings, "wall_time_s": time.perf_counter() - start}
-            write_files(files | {folder / "metrics.json": json_bytes(record)})
-        except (ValueError, OSError, RuntimeError, MemoryError) as e:
-            failures.append(photo)
-            print(f"evaluate.py: error: {photo}: {one_line(e)}", file=sys.stderr)
-            continue
-        records.append(record)
-        print(f"{photo}: {record['wall_time_s']:.1f} s", file=sys.stderr)
-    if records:
-        print(write_results(out, records, args.methods, model_note(args.model)), end="")
-    if len(photos) > 1:
-        print(f"{len(records)} of {len(photos)} photos evaluated", file=sys.stderr)
+    failures = []
+    mine = [photo for photo in photos if worker.takes(photo)]
+    with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
+        for photo in bar:
+            record = previous[photo]
+            if record is not None and set(args.methods) <= set(record["videos"]):
+                bar.write(f"{photo}: done already, skipped", file=sys.stderr)
+                continue
+            folder = out / photo.stem
+            start = time.perf_counter()
+            try:
+                record, files = evaluate_photo(svd, judges, photo, folder, args.methods, args)
+                record |= {"settings": settings, "wall_time_s": time.perf_counter() - start}
+                write_files(files | {folder / "metrics.json": json_bytes(record)})
+            except (ValueError, OSError, RuntimeError, MemoryError) as e:
+                failures.append(photo)
+                bar.write(f"evaluate.py: error: {photo}: {one_line(e)}", file=sys.stderr)
+                continue
+            bar.write(f"{photo}: {record['wall_time_s']:.1f} s", file=sys.stderr)
+    worker.wait_for_all()
+    if args.shard:
+        print(f"{worker.label} done; once every shard is, make the tables with: evaluate.py --merge-only "
+              f"--image {' '.join(args.image)} --out {out}", file=sys.stderr)
+    elif worker.rank == 0:
+        merge(out, [out / photo.stem for photo in photos], args.methods, json.loads(json_bytes(settings)))
+    worker.finish()
     if failures:
         sys.exit(FAILURE)
 

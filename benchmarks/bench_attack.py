@@ -221,7 +221,7 @@ def worker(args):
         start = time.perf_counter()
         I_adv = (I_src + delta).clamp(0, 1).requires_grad_()
         values = objective(I_adv, draw)
-        L = total_loss(values, 1.0, 1.0, 1.0)
+        L = total_loss(values, dict.fromkeys(TERMS, 1.0))
         grad, = torch.autograd.grad(L, I_adv)
         sync(device)
         if i == 0:
@@ -232,7 +232,7 @@ def worker(args):
 
     def forward():
         I_adv = (I_src + delta).clamp(0, 1).requires_grad_()
-        return I_adv, total_loss(objective(I_adv, draws[0]), 1.0, 1.0, 1.0)
+        return I_adv, total_loss(objective(I_adv, draws[0]), dict.fromkeys(TERMS, 1.0))
     saved, (I_adv, L) = saved_for_backward(forward, networks)
     torch.autograd.grad(L, I_adv)
 

@@ -1,0 +1,127 @@
+"""Many workers over one folder of photos (CPU, gloo, --model tiny): torchrun with 2 workers and
+--shard 1/2 + 2/2 each protect every photo exactly once, with the bytes of a single-process run; an
+interrupted sharded run resumes where it stopped (scripts/protect.slurm runs the second shard);
+torchrun evaluate.py writes one table over all the photos, which --merge-only rebuilds."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import attack
+import evaluate
+from shard import share_of
+
+ROOT = attack.Path(attack.__file__).parent
+TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]
+ATTACK = TINY + ["--steps", "1"]
+NAMES = ["a.png", "b.png", "c.png", "d.png", "e.png"]  # shares of 2: a, b, d to the first; c, e to the second
+
+
+def run(main, args, capsys):
+    """A command's main in-process -> (exit status, stderr)."""
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def torchrun(script, args):
+    """`script` under torchrun with 2 CPU workers -> the finished process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", script]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(command + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def outputs(folder):
+    """{file name: bytes} of the guarded photos in `folder`."""
+    return {p.name: p.read_bytes() for p in folder.glob("*.guarded.png")}
+
+
+def protected(stderr):
+    """The photos a run says it protected, one entry per time."""
+    return sorted(attack.Path(line.split(" -> ")[0]).name for line in stderr.splitlines() if " -> " in line)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(NAMES):
+        Image.fromarray((rng.random((24 + 4 * i, 32, 3)) * 255).astype(np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single_process(photos, tmp_path_factory):
+    """The guarded photos of one process protecting the whole folder."""
+    out = tmp_path_factory.mktemp("single")
+    assert attack.main(["--image", str(photos), "--out", str(out)] + ATTACK) is None
+    return outputs(out)
+
+
+def test_the_split_is_stable_and_shares_every_photo_once():
+    names = [f"photo{i}.png" for i in range(1000)]
+    for count in (2, 3, 8):
+        shares = [share_of(name, count) for name in names]
+        assert shares == [share_of(name, count) for name in reversed(names)][::-1]  # not by place in the list
+        assert set(shares) == set(range(count)) and min(map(shares.count, range(count))) > 1000 / count * 0.8
+    assert [share_of(name, 2) for name in NAMES] == [0, 0, 1, 0, 1]
+
+
+def test_torchrun_protects_each_photo_once_with_single_process_bytes(photos, single_process, tmp_path):
+    folder = shutil.copytree(photos, tmp_path / "photos")
+    (folder / "broken.png").write_bytes(b"not an image")  # its worker goes on, and waits for the other
+    result = torchrun("attack.py", ["--image", folder, "--out", tmp_path / "out"] + ATTACK)
+    assert result.returncode != 0 and result.stderr.count("error: ") >= 1 and "broken.png" in result.stderr
+    assert protected(result.stderr) == NAMES
+    assert "rank 0 of 2" in result.stderr and "rank 1 of 2" in result.stderr  # each worker's bar names it
+    assert outputs(tmp_path / "out") == single_process
+
+
+def test_shards_resume_after_an_interruption_with_single_process_bytes(photos, single_process, tmp_path, capsys,
+                                                                       monkeypatch):
+    args = ["--image", photos, "--out", tmp_path / "out"] + ATTACK
+    protect_file, calls = attack.protect_file, []
+
+    def interrupted_at_the_second_photo(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return protect_file(*a, **kw)
+    monkeypatch.setattr(attack, "protect_file", interrupted_at_the_second_photo)
+    status, err = run(attack.main, args + ["--shard", "1/2"], capsys)
+    assert status == 130 and protected(err) == ["a.png"]
+    first = (tmp_path / "out/a.guarded.png").stat().st_mtime_ns
+    monkeypatch.undo()
+
+    status, err = run(attack.main, args + ["--shard", "1/2"], capsys)
+    assert status == 0 and protected(err) == ["b.png", "d.png"] and "a.png: done already, skipped" in err
+    assert (tmp_path / "out/a.guarded.png").stat().st_mtime_ns == first
+    env = os.environ | {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "scripts/protect.slurm", photos, tmp_path / "out"] + ATTACK, cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)  # the second task of an array
+    assert result.returncode == 0 and protected(result.stderr) == ["c.png", "e.png"], result.stderr
+    assert "shard 2/2" in result.stderr
+    assert outputs(tmp_path / "out") == single_process
+
+
+def test_torchrun_evaluate_writes_one_table_that_merge_only_rebuilds(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = torchrun("evaluate.py", ["--image", photos, "--out", out, "--methods", "random-sign"] + ATTACK)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Table 1") == 1 and "5 of 5 photos evaluated" in result.stderr
+    assert "| Random ±eps noise image | 5 |" in (out / "tables.md").read_text()
+    assert sorted(r["photo"] for r in json.loads((out / "results.json").read_text())) == NAMES
+    tables = {name: (out / name).read_bytes() for name in evaluate.RUN_FILES}
+    for name in evaluate.RUN_FILES:
+        (out / name).unlink()
+    assert run(evaluate.main, ["--merge-only", "--out", out], capsys)[0] == 0
+    assert {name: (out / name).read_bytes() for name in evaluate.RUN_FILES} == tables
