@@ -270,7 +270,7 @@ def preview(svd, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
     X_t = X_0 + sigma * torch.randn(X_0.shape, generator=g).to(device)
     aug = torch.randn((1, 3, *size), generator=g).to(device)
     time_ids = added_time_ids(FPS, MOTION_BUCKET_ID, NOISE_AUG).to(device)
-    maps = temporal_maps(svd, inputs, X_t, sigma, time_ids, aug, attn_blocks)
+    maps = temporal_maps(svd, inputs, X_t, sigma, time_ids, NOISE_AUG, aug, attn_blocks)
     figure = io.BytesIO()
     attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
     return {".before.gif": video_bytes(to_images(V_src), FPS), ".after.gif": video_bytes(to_images(V_adv), FPS),

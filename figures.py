@@ -20,14 +20,15 @@ def heat(values):
     return (255 * np.clip(np.concatenate([3 * v, 3 * v - 1, 3 * v - 2], -1), 0, 1)).astype(np.uint8)
 
 
-def temporal_maps(svd, photos, X_t, sigma, time_ids, aug, blocks):
+def temporal_maps(svd, photos, X_t, sigma, time_ids, noise_aug, aug, blocks):
     """{photo name: {block: temporal attention probabilities (h*w, heads, F, F)}} for each photo
-    (name: (model input (1,3,H,W) in [-1,1], CLIP input (1,3,H0,W0) in [-1,1]))."""
+    (name: (model input (1,3,H,W) in [-1,1], CLIP input (1,3,H0,W0) in [-1,1])), each encoded through
+    the same augmentation noise `aug` of strength `noise_aug`."""
     dtype = next(svd.unet.parameters()).dtype
     maps = {}
     with torch.no_grad():
         for name, (image, clip_image) in photos.items():
-            x = image_latents(svd.vae, image, 0.02, aug).to(dtype)[:, None].expand(-1, X_t.shape[1], -1, -1, -1)
+            x = image_latents(svd.vae, image, noise_aug, aug).to(dtype)[:, None].expand(-1, X_t.shape[1], -1, -1, -1)
             c = clip_embedding(svd.image_encoder, clip_image).to(dtype)
             maps[name] = denoise(svd.unet, X_t.to(dtype), sigma, x, c, time_ids.to(dtype), blocks, maps_only=True)[1]
     return maps
