@@ -408,15 +408,16 @@ def main(argv=None):
                         "down_blocks.2.attentions.0,down_blocks.2.attentions.1)")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="video frames (default: the model's num_frames)")
     p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="the adversary's model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+                   help="the adversary's model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
     p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="the adversary's model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+                   help="the adversary's model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
     p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
                    help="denoising steps of V_0 and the preview videos")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                    help="seed of the random start, noise draws and videos")
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id, local folder in the official layout, "
-                   "or 'tiny' (untrained random weights: protects nothing, for tests)")
+                   "'toy' (a small SVD trained on a CPU, 64x64, 8 frames), or 'tiny' (untrained random weights: "
+                   "protects nothing, for tests)")
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

@@ -356,9 +356,9 @@ def main(argv=None):
     p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
                    help="denoising steps of every video")
     p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+                   help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
     p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+                   help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks and of every video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
@@ -411,7 +411,8 @@ def main(argv=None):
         if args.model == "toy" or args.no_judges:
             judges = None
         else:
-            judges = tiny_judges(device=device) if args.model == "tiny" else load_judges(args.dino, args.aesthetic, device)
+            judges = (tiny_judges(device=device) if args.model == "tiny"
+                      else load_judges(args.dino, args.aesthetic, device))
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     args.frames = args.frames or svd.unet.config.num_frames

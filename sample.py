@@ -252,7 +252,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output video, .gif or .webp")
     p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub repo id, local folder in the official layout, or 'tiny' (untrained, for tests)")
+                   help="hub repo id, local folder in the official layout, 'toy' (a small SVD trained on a CPU, "
+                        "64x64, 8 frames) or 'tiny' (untrained, for tests)")
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames)")
@@ -266,9 +267,9 @@ def main(argv=None):
     p.add_argument("--max-guidance", type=number, default=3.0,
                    help="guidance scale of the last frame; 1 or less turns guidance off")
     p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 576; 128 for tiny)")
+                   help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
     p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 1024; 128 for tiny)")
+                   help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="guidance branches one at a time, decoding 2 frames at a time "
                         "(default: on for GPUs under 40 GiB)")

@@ -96,7 +96,8 @@ def main(argv=None):
     print("| photo | frame 0 to the photo (dB) | neighbouring frames (dB) | mean frame change (levels of 255) |")
     print("|---|---|---|---|")
     for name, row in photo_table.items():
-        print(f"| {name} | {row['frame0_psnr']:.2f} | {row['neighbour_psnr']:.2f} | {row['mean_frame_change_levels']:.2f} |")
+        print(f"| {name} | {row['frame0_psnr']:.2f} | {row['neighbour_psnr']:.2f} "
+              f"| {row['mean_frame_change_levels']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"clips": clip_table, "photos": photo_table}, indent=1))
     if args.gif:

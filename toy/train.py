@@ -5,8 +5,8 @@
 
 Two phases, as SVD's networks were made:
 1. the autoencoder (image encoder and temporal decoder) on 8-frame clips: L1 + L2 reconstruction from
-   the posterior mean (the only latent the pipeline and the attack use), a small KL term; then the scaling factor = 1 / std of the latents, as Stable
-   Diffusion set its 0.18215;
+   the posterior mean (the only latent the pipeline and the attack use), a small KL term; then the
+   scaling factor = 1 / std of the latents, as Stable Diffusion set its 0.18215;
 2. the UNet with the EDM objective (`model/edm.py`'s preconditioning, loss weight (sigma^2+1)/sigma^2,
    i.e. unit weight on the network output) and SVD's conditioning: the noise-augmented first frame's
    latent concatenated to every frame, the CLIP embedding of the first frame, and the added time ids
