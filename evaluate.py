@@ -408,7 +408,8 @@ def main(argv=None):
     args.dtype = args.dtype or default_dtype(device)
     try:
         svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
-        if args.model == "toy" or args.no_judges:
+        args.no_judges = args.no_judges or args.model == "toy"  # the toy's 64x64 videos are scored without them
+        if args.no_judges:
             judges = None
         else:
             judges = (tiny_judges(device=device) if args.model == "tiny"
