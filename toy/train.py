@@ -1,6 +1,6 @@
 """Train the toy SVD: the official network classes at a small size, on clips from toy/data.py, on a CPU.
 
-    python -m toy.train --out toy/weights          # under an hour on 2 CPU cores
+    python -m toy.train --out my_toy               # under an hour on 2 CPU cores (toy/weights is the shipped run)
     python -m toy.train --out /tmp/toy --device cuda --unet-steps 20000   # a better toy on a GPU
 
 Two phases, as SVD's networks were made:
