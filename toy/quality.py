@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from model import VAE, CLIPImageEncoder, UNet
 from photos import read_photo
