@@ -16,6 +16,7 @@ from PIL import Image
 import attack
 import evaluate
 from shard import share_of
+from test_hardening import run
 
 ROOT = attack.Path(attack.__file__).parent
 TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]
@@ -31,16 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def run(main, args, capsys):
-    """A command's main in-process -> (exit status, stderr)."""
-    try:
-        main([str(a) for a in args])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    return status, capsys.readouterr().err
 
 
 def torchrun(script, args):
