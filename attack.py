@@ -8,7 +8,8 @@ incoherent video from the photo. It attacks three things at once (paper Eq. 1-4,
              video SVD makes of the clean photo.
 The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it. A photo
 whose report already records the same settings is skipped, so a rerun resumes; many photos can be
-shared among GPUs with torchrun or --shard (shard.py).
+shared among GPUs with torchrun or --shard (shard.py). With --eot, each iteration attacks the photo as
+the adversary may receive it: recompressed, resized, blurred or noisy (transforms.py).
 
 example: python attack.py --image examples/astronaut.png
 """
@@ -36,6 +37,7 @@ from metrics import psnr, ssim
 from model.edm import denoise, karras_sigmas
 from photos import png_bytes, read_mask, read_photo
 from shard import join, parse_shard
+from transforms import differentiable, draw_eot, parse_eot
 from sample import (added_time_ids, clip_embedding, default_low_memory, generate, image_latents, load_model,
                     model_input, model_size, to_images, video_bytes)
 from weights import DEFAULT_MODEL, WeightsError
@@ -80,8 +82,8 @@ class Objective:
     """
 
     def __init__(self, svd, I_src, terms, *, num_frames, size, tau1, tau2, attn_blocks, sample_steps, seed,
-                 progress=False, V_0=None):
-        self.svd, self.terms, self.size, self.tau1, self.tau2 = svd, terms, size, tau1, tau2
+                 eot=(), progress=False, V_0=None):
+        self.svd, self.terms, self.size, self.tau1, self.tau2, self.eot = svd, terms, size, tau1, tau2, eot
         self.attn_blocks, self.I_src = attn_blocks, I_src
         self.dtype = next(svd.unet.parameters()).dtype
         device = I_src.device
@@ -105,18 +107,25 @@ class Objective:
 
     def draw(self, generator, step=None):
         """Fresh randomness for one iteration: the pipeline's noise-augmentation noise, a noise level sigma
-        of the adversary's sampling schedule (its step `step`, or one drawn uniformly), and the noise of X_t."""
+        of the adversary's sampling schedule (its step `step`, or one drawn uniformly), the noise of X_t
+        and, with EOT, the transformation T the photo goes through (and its seed), else None."""
         aug = torch.randn((1, 3, *self.size), generator=generator)
         if step is None:
             step = int(torch.randint(len(self.sigmas), (), generator=generator))
         sigma = self.sigmas[step]
         noise = torch.randn(self.X_0.shape, generator=generator) if self.X_0 is not None else None
-        return aug, sigma, noise
+        T = None
+        if self.eot:  # drawn last, so that without EOT every other draw is what it always was
+            T = draw_eot(self.eot, generator), int(torch.randint(2**31, (), generator=generator))
+        return aug, sigma, noise, T
 
     def __call__(self, I_adv, draw):
         """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on."""
-        svd, (aug, sigma, noise) = self.svd, draw
+        svd, (aug, sigma, noise, T) = self.svd, draw
         terms = {"img": image_loss(I_adv, self.I_src)}
+        # EOT: the adversary receives T(I_adv), the photo after recompression, resizing, blur or noise
+        if T is not None and T[0] is not None:
+            I_adv = differentiable(T[0], I_adv, torch.Generator().manual_seed(T[1]))
 
         def encode(I):  # E(I): the VAE latent the pipeline conditions on, through this draw's noise augmentation
             return image_latents(svd.vae, to_model_input(I, self.size), NOISE_AUG, aug.to(I))
@@ -178,13 +187,15 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 
 def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
-            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, progress=False):
+            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), progress=False):
     """Algorithm 1: the source photo I_src (3,H0,W0) in [0,1] -> (I_adv (3,H0,W0) in [0,1], per-step log).
 
     method "photoguard" keeps only L_enc (the encoder attack); "random-sign" returns uniform-sign noise
     of size eps (same L_inf) without optimising. `mask` (H0,W0) of 0/1 limits the perturbation (local
     attack). The weights of Eq. 4 are fidelity, alpha, beta, gamma divided by the mean absolute
-    gradient of their term at the start (`calibrate`).
+    gradient of their term at the start (`calibrate`). `eot` names the kinds of transformation
+    (transforms.EOT_KINDS) of which one, or none, is drawn per iteration and applied to I_adv before
+    the adversary's pipeline (expectation over transformations); the calibration draws them too.
     """
     attn_blocks = attn_blocks or default_attn_blocks(svd.unet)
     unknown = set(attn_blocks) - set(svd.unet.attention_names)
@@ -201,7 +212,7 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
 
     objective = Objective(svd, I_src, terms, num_frames=num_frames or svd.unet.config.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
-                          progress=progress)
+                          eot=tuple(eot), progress=progress)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
     weights, calibration = calibrate(objective, (I_src + delta).clamp(0, 1), factors)
     log = []
@@ -220,6 +231,13 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()})
         bar.set_postfix({name: f"{value:.4g}" for name, value in log[-1].items() if name != "total"})
     return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "steps": log}
+
+
+def eot_kinds(text):
+    try:
+        return parse_eot(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check_finite(step, tensors):
@@ -333,7 +351,7 @@ def protect_file(svd, photo, out, mask, args, terms):
                              step_size=args.step_size, update=args.update, fidelity=args.fidelity, alpha=args.alpha,
                              beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
                              size=(args.height, args.width), attn_blocks=args.attn_blocks,
-                             sample_steps=args.sample_steps, seed=args.seed, progress=True)
+                             sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (), progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255
@@ -357,8 +375,8 @@ def protect_file(svd, photo, out, mask, args, terms):
 
 def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to and which
-    worker made them."""
-    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard")}
+    worker made them, and --eot when off (so that reports made before it existed still resume)."""
+    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard") and (k != "eot" or v)}
 
 
 def already_protected(out, settings):
@@ -402,6 +420,10 @@ def main(argv=None):
     p.add_argument("--gamma", type=number, default=1.0, help="weight of L_att, relative to its calibrated gradient")
     p.add_argument("--tau1", type=number, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
     p.add_argument("--tau2", type=number, default=0.5, help="offset of L_att (does not change the gradient)")
+    p.add_argument("--eot", type=eot_kinds, metavar="KINDS",
+                   help="expectation over transformations: comma-separated kinds from jpeg,resize,blur,noise; "
+                        "each iteration attacks the photo after one of them (or none), drawn at random "
+                        "(transforms.py), so that the protection survives them")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
                    help="comma-separated UNet transformer names whose temporal attention maps are attacked "
                         "(default: every one of the last downsampling level that has attention; SVD: "

@@ -6,6 +6,8 @@ makes from each guarded photo with the same seed, then
           temporal flickering, a weight-free stand-in for motion smoothness, and how far each video
           moved from V_0 (per-frame PSNR and SSIM, DINO feature similarity);
   Table 2 (photos): PSNR and SSIM between the photo and its guarded version.
+With --transforms, each photo is also transformed (JPEG, resizing, blur, noise) before its video is made:
+the survival report (survival.py) and a second contact sheet, transformed.png.
 Writes OUT/tables.md (mean ± std per method), OUT/results.csv and OUT/results.json (per photo), and per
 photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done with the same
 settings are skipped; a photo that fails is reported and the others go on. Under torchrun or with
@@ -39,6 +41,8 @@ from model import DINO, AestheticPredictor, CLIPConfig, ViTConfig
 from photos import png_bytes, read_photo
 from sample import default_low_memory, encoded, generate, load_model, model_input, model_size, to_uint8
 from shard import join, parse_shard
+from survival import survival_tables, survive
+from transforms import EOT_KINDS, parse, name as transform_name
 from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
 
 # name: (protect's keyword arguments, the row's name in the tables)
@@ -50,7 +54,10 @@ METHODS = {
     "no-temporal": (dict(method="i2vguard", terms=selected_terms(no_temporal=True)), "w.o. Temporal Attack"),
     "no-diffusion": (dict(method="i2vguard", terms=selected_terms(no_diffusion=True)), "w.o. Diffusion Attack"),
     "photoguard": (dict(method="photoguard"), "PhotoGuard (encoder attack)"),
+    "i2vguard-eot": (dict(method="i2vguard", terms=selected_terms(), eot=EOT_KINDS),
+                     "Ours + EOT (JPEG, resize, blur, noise)"),
 }
+DEFAULT_METHODS = [m for m in METHODS if m != "i2vguard-eot"]
 DINO_SOURCE = "facebook/dino-vitb16"
 AESTHETIC_SOURCE = "shunk031/aesthetics-predictor-v1-vit-large-patch14"
 # A video is static (left out of Table 1, as the paper leaves out static videos) when its frames differ
@@ -134,9 +141,7 @@ def video_metrics(judges, frames8):
 def comparison_metrics(frames8, clean8, features, clean_features):
     """How far a video moved from V_0, frame by frame: mean PSNR, mean SSIM, and with judges the mean DINO
     cosine similarity."""
-    pairs = [(a.double() / 255, b.double() / 255) for a, b in zip(frames8, clean8)]
-    scores = {"video_psnr": float(np.mean([metrics.psnr(a, b) for a, b in pairs])),
-              "video_ssim": float(np.mean([metrics.ssim(a, b) for a, b in pairs]))}
+    scores = metrics.video_distance(frames8, clean8)
     if features is not None:
         scores["dino_similarity"] = metrics.feature_similarity(features, clean_features)
     return scores
@@ -144,11 +149,14 @@ def comparison_metrics(frames8, clean8, features, clean_features):
 
 def evaluate_photo(svd, judges, photo, folder, methods, args):
     """All methods on one photo: returns its record and its files {path: bytes}, the guarded PNGs and the
-    contact sheet. A progress bar counts its stages: V_0, then each method's attack and video."""
+    contact sheets. A progress bar counts its stages: V_0, each method's attack and video, then with
+    --transforms the videos of the transformed photos."""
     rgb8, alpha, icc = read_photo(photo)
     device = next(svd.unet.parameters()).device
     files, guarded = {}, {}
-    with tqdm(total=1 + 2 * len(methods), desc=f"{photo.name}: V_0", unit="stage") as stages:
+    transforms = args.transforms or []
+    total = 1 + 2 * len(methods) + len(transforms) * (1 + len(methods))
+    with tqdm(total=total, desc=f"{photo.name}: V_0", unit="stage") as stages:
         clean8 = make_video(svd, rgb8, args)
         stages.update()
         clean, clean_features = video_metrics(judges, clean8)
@@ -172,6 +180,15 @@ def evaluate_photo(svd, judges, photo, folder, methods, args):
             record["videos"][name] = scores | comparison_metrics(frames8, clean8, features, clean_features) | {
                 "psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)}
             rows.append((name, guarded8, (guarded8.int() - rgb8.int()).abs(), frames8))
+        if transforms:
+            stages.set_description(f"{photo.name}: transformed photos' videos")
+
+            def video(rgb8):
+                stages.update()
+                return make_video(svd, rgb8, args)
+
+            record["transformed"], sheet = survive(rows, transforms, video, args.seed)
+            files[folder / "transformed.png"] = contact_sheet(sheet)
     files[folder / "contact.png"] = contact_sheet(rows)
     return record, files
 
@@ -247,6 +264,8 @@ def tables(records, methods, note=""):
         "\nStatic videos, left out above (the paper leaves them out too):\n", table(static, VIDEO_COLUMNS),
         "\nTable 2. Each photo against its guarded version (8-bit PNG).\n",
         table([(names[m], [r["videos"][m] for r in records]) for m in order[1:]], PHOTO_COLUMNS)]
+    if "transformed" in records[0]:
+        parts.append("\n" + survival_tables(records, order[1:], names, mean_std))
     return "\n".join(parts) + "\n"
 
 
@@ -330,6 +349,16 @@ def merge_only(out, photos):
         sys.exit(FAILURE)
 
 
+def transform_list(text):
+    try:
+        specs = [parse(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not specs:
+        raise argparse.ArgumentTypeError("no transformation given")
+    return list(dict.fromkeys(specs))
+
+
 @command
 def main(argv=None):
     p = Parser(description=__doc__)
@@ -337,8 +366,13 @@ def main(argv=None):
                    help="photo files and/or folders of photos (required, except with --merge-only)")
     p.add_argument("--out", required=True,
                    help="output folder (created when the first photo is done; photos already done there are skipped)")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=",".join(METHODS),
+    p.add_argument("--methods", type=lambda s: s.split(","), default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--transforms", type=transform_list, metavar="LIST",
+                   help="also make each photo's videos after these transformations and report how much "
+                        "protection survives, e.g. jpeg95,jpeg75,jpeg50,resize0.5,down0.5,blur1,noise0.02 "
+                        "(jpeg<quality>, resize<factor> down and back up, down<factor>, blur<sigma px>, "
+                        "noise<sigma>)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="SVD: hub repo id, local folder, 'toy' (a small SVD "
                    "trained on a CPU, scored without judges) or 'tiny' (untrained random networks, with random "
                    "judges too: the numbers mean nothing, for tests)")
@@ -402,7 +436,8 @@ def main(argv=None):
     for photo in photos:
         folder = out / photo.stem
         planned += [(photo, folder)] + [(photo, folder / name) for name in
-                                        [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]]
+                                        [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]
+                                        + ["transformed.png"] * bool(args.transforms)]
     refuse_clashes(planned, photos)
     worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
@@ -422,6 +457,8 @@ def main(argv=None):
     args.low_memory = default_low_memory(device) if args.low_memory is None else args.low_memory
     svd.unet.checkpointing = svd.vae.checkpointing = args.low_memory
     settings = {key: getattr(args, key) for key in SETTINGS}
+    if args.transforms:  # recorded only when given, so that runs made before --transforms still resume
+        settings["transforms"] = [transform_name(spec) for spec in args.transforms]
     previous = {photo: previous_record(out / photo.stem / "metrics.json", settings) for photo in photos}
 
     failures = []

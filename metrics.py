@@ -38,6 +38,13 @@ def ssim(a, b, sigma=1.5):
     return s.mean().item()
 
 
+def video_distance(frames8, reference8):
+    """How far a video (F,3,H,W) uint8 is from a reference video, frame by frame: mean PSNR and mean SSIM."""
+    pairs = [(a.double() / 255, b.double() / 255) for a, b in zip(frames8, reference8)]
+    return {"video_psnr": sum(psnr(a, b) for a, b in pairs) / len(pairs),
+            "video_ssim": sum(ssim(a, b) for a, b in pairs) / len(pairs)}
+
+
 # ---------------------------------------------------------------- VBench (vbench/*.py, utils.py)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

@@ -48,7 +48,7 @@ def mean_over_draws(obj, I, measure, n=8):
 def att_distance(obj, I, draw):
     """||A_adv - A_src||^2 for I at this draw, both passes through the same augmentation noise."""
     maps = {}
-    aug, sigma, noise = draw
+    aug, sigma, noise, _ = draw
     for name, photo in (("adv", I), ("src", obj.I_src)):
         x = attack.image_latents(obj.svd.vae, attack.to_model_input(photo, obj.size), attack.NOISE_AUG, aug)
         c = attack.clip_embedding(obj.svd.image_encoder, photo * 2 - 1)
