@@ -1,11 +1,13 @@
-"""I2VGuard: protect a photo from being animated by Stable Video Diffusion (CVPR 2025, Algorithm 1).
+"""I2VGuard: protect a photo from being animated by an image-to-video model (CVPR 2025, Algorithm 1).
 
-Adds a perturbation of at most --eps per pixel and channel that makes SVD produce a degraded,
+Adds a perturbation of at most --eps per pixel and channel that makes the model produce a degraded,
 incoherent video from the photo. It attacks three things at once (paper Eq. 1-4, losses.py):
-  spatial    L_enc: the VAE latent of the photo is pulled to that of a black image;
-  temporal   L_att: the temporal self-attention maps of the UNet are pushed away from the source's;
+  spatial    L_enc: the encoder's latent of the photo is pulled to that of a black image;
+  temporal   L_att: the denoiser's temporal self-attention maps are pushed away from the source's;
   diffusion  L_con: the denoiser's predicted clean frames move to black frames and away from the
-             video SVD makes of the clean photo.
+             video the model makes of the clean photo.
+The model comes as the pieces Algorithm 1 names (pipelines.py): its pipeline P, encoder E, noising S
+and denoiser G; any model that provides them can be attacked.
 The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it. A photo
 whose report already records the same settings is skipped, so a rerun resumes; many photos can be
 shared among GPUs with torchrun or --shard (shard.py). With --eot, each iteration attacks the photo as
@@ -24,92 +26,60 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import ImageDraw
 from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
-                 default_dtype, fail, integer, json_bytes, number, one_line, parse_device, refuse_clashes,
-                 variant, weights_hint, write_files)
+                 default_dtype, default_low_memory, fail, integer, json_bytes, model_size, number, one_line,
+                 parse_device, refuse_clashes, variant, weights_hint, write_files)
 from figures import attention_figure, temporal_maps
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from metrics import psnr, ssim
-from model.edm import denoise, karras_sigmas
-from photos import png_bytes, read_mask, read_photo
+from photos import model_input, png_bytes, read_mask, read_photo, to_images, video_bytes
+from pipelines import MODEL_HELP, load_pipeline
 from shard import join, parse_shard
 from transforms import differentiable, draw_eot, parse_eot
-from sample import (added_time_ids, clip_embedding, default_low_memory, generate, image_latents, load_model,
-                    model_input, model_size, to_images, video_bytes)
 from weights import DEFAULT_MODEL, WeightsError
 
-# The adversary's pipeline settings the attack optimises against (the reference pipeline's defaults).
-FPS, MOTION_BUCKET_ID, NOISE_AUG = 7, 127, 0.02
+FPS = 7  # frame rate of the preview GIFs
 TERMS = ("img", "enc", "con", "att")
 # The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule.
 CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-def default_attn_blocks(unet):
-    """A: the temporal self-attention of the last downsampling level that has attention, all its layers
-    (SVD: down_blocks.2.attentions.0 and .1)."""
-    down = [name for name in unet.attention_names if name.startswith("down_blocks.")]
-    last = max(int(name.split(".")[1]) for name in down)
-    return tuple(name for name in down if name.startswith(f"down_blocks.{last}."))
-
-
-def to_model_input(I, size):
-    """Photo (N,3,H0,W0) in [0,1] -> (N,3,H,W) in [-1,1] at the model resolution. A differentiable
-    stand-in for the pipeline's Lanczos resize: bicubic with antialiasing."""
-    if tuple(I.shape[-2:]) != tuple(size):
-        I = F.interpolate(I, size=size, mode="bicubic", antialias=True, align_corners=False)
-    return I * 2 - 1
-
-
-def encode_frames(vae, V):
-    """Frames (F,3,H,W) in [-1,1] -> denoiser latents (F,4,H/8,W/8): posterior means times the scaling factor."""
-    dtype = next(vae.parameters()).dtype
-    return torch.cat([vae.encode(v[None].to(dtype))[0] for v in V]).float() * vae.config.scaling_factor
-
-
 class Objective:
     """The inputs of Algorithm 1 that stay fixed while I_adv changes, and the loss terms as a function of I_adv.
     V_0, the video made from I_src ((F,3,H,W) in [-1,1]), is generated unless given.
 
-    Latents are compared where they live: the conditioning latents x (what the pipeline concatenates to
-    the UNet input) are unscaled posterior means; the denoiser latents X are scaled by the VAE's
-    scaling factor.
+    Latents are compared where they live: the conditioning latents x (what the pipeline conditions the
+    denoiser on) as E gives them; the denoiser latents X as the model's frame encoder gives them.
     """
 
-    def __init__(self, svd, I_src, terms, *, num_frames, size, tau1, tau2, attn_blocks, sample_steps, seed,
+    def __init__(self, model, I_src, terms, *, num_frames, size, tau1, tau2, attn_blocks, sample_steps, seed,
                  eot=(), progress=False, V_0=None):
-        self.svd, self.terms, self.size, self.tau1, self.tau2, self.eot = svd, terms, size, tau1, tau2, eot
+        self.model, self.terms, self.size, self.tau1, self.tau2, self.eot = model, terms, size, tau1, tau2, eot
         self.attn_blocks, self.I_src = attn_blocks, I_src
-        self.dtype = next(svd.unet.parameters()).dtype
-        device = I_src.device
         # The adversary's sampler visits these noise levels; each iteration attacks one of them.
-        self.sigmas = karras_sigmas(sample_steps)[:-1].tolist()
-        self.time_ids = added_time_ids(FPS, MOTION_BUCKET_ID, NOISE_AUG).to(device, self.dtype)  # (1, 3)
+        self.sigmas = model.noise_levels(sample_steps)
         self.X_0 = self.X_tg = None  # needed by L_con and L_att only
         self.I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
         with torch.no_grad():
-            self.c_src = clip_embedding(svd.image_encoder, I_src * 2 - 1)  # (1, 1, D)
+            self.c_src = model.embed(I_src)
             if ("con" in terms or "att" in terms) and V_0 is None:
                 # Generate original video V_0 = P(I_src)
-                V_0 = generate(svd, to_model_input(I_src, size)[0], num_frames=num_frames, steps=sample_steps,
-                               fps=FPS, motion_bucket_id=MOTION_BUCKET_ID, noise_aug_strength=NOISE_AUG,
-                               seed=seed, progress=progress and "V_0, the source's video",
-                               clip_image=I_src[0] * 2 - 1)  # (F, 3, H, W)
+                V_0 = model.P(I_src, size=size, num_frames=num_frames, steps=sample_steps, seed=seed,
+                              progress=progress and "V_0, the source's video")  # (F, 3, H, W)
             if V_0 is not None:
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
-                self.X_0 = encode_frames(svd.vae, V_0)[None]  # (1, F, 4, h, w)
-                self.X_tg = encode_frames(svd.vae, -torch.ones_like(V_0[:1]))[None].expand_as(self.X_0)
+                self.X_0 = model.encode_frames(V_0)  # (1, F, C, h, w)
+                self.X_tg = model.encode_frames(-torch.ones_like(V_0[:1])).expand_as(self.X_0)
 
     def draw(self, generator, step=None):
-        """Fresh randomness for one iteration: the pipeline's noise-augmentation noise, a noise level sigma
-        of the adversary's sampling schedule (its step `step`, or one drawn uniformly), the noise of X_t
-        and, with EOT, the transformation T the photo goes through (and its seed), else None."""
-        aug = torch.randn((1, 3, *self.size), generator=generator)
+        """Fresh randomness for one iteration: the pipeline's own (e.g. its noise augmentation), a noise
+        level sigma of the adversary's sampling schedule (its step `step`, or one drawn uniformly), the
+        noise of X_t and, with EOT, the transformation T the photo goes through (and its seed), else None."""
+        d = self.model.draw(generator, self.size)
         if step is None:
             step = int(torch.randint(len(self.sigmas), (), generator=generator))
         sigma = self.sigmas[step]
@@ -117,47 +87,40 @@ class Objective:
         T = None
         if self.eot:  # drawn last, so that without EOT every other draw is what it always was
             T = draw_eot(self.eot, generator), int(torch.randint(2**31, (), generator=generator))
-        return aug, sigma, noise, T
+        return d, sigma, noise, T
 
     def __call__(self, I_adv, draw):
         """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on."""
-        svd, (aug, sigma, noise, T) = self.svd, draw
+        model, (d, sigma, noise, T) = self.model, draw
         terms = {"img": image_loss(I_adv, self.I_src)}
         # EOT: the adversary receives T(I_adv), the photo after recompression, resizing, blur or noise
         if T is not None and T[0] is not None:
             I_adv = differentiable(T[0], I_adv, torch.Generator().manual_seed(T[1]))
 
-        def encode(I):  # E(I): the VAE latent the pipeline conditions on, through this draw's noise augmentation
-            return image_latents(svd.vae, to_model_input(I, self.size), NOISE_AUG, aug.to(I))
-
-        # Encode attacked image x_adv = E(I_adv); every reference is encoded with the same augmentation
-        # draw, so that each distance is exactly zero where I_adv equals its reference.
-        x_adv = encode(I_adv)
+        # Encode attacked image x_adv = E(I_adv); every reference is encoded with the same draw d, so
+        # that each distance is exactly zero where I_adv equals its reference.
+        x_adv = model.E(I_adv, d, self.size)
         if "enc" in self.terms:
             with torch.no_grad():
-                x_tg = encode(self.I_tg)
+                x_tg = model.E(self.I_tg, d, self.size)
             terms["enc"] = encoder_loss(x_adv, x_tg)
         if "con" not in self.terms and "att" not in self.terms:
             return terms
 
-        # I_adv reaches the denoiser through both conditioning paths: VAE latents and CLIP embedding
-        c_adv = clip_embedding(svd.image_encoder, I_adv * 2 - 1)
-        frames = self.X_0.shape[1]
-        # Generate noisy frames X_t = S(X_0) = X_0 + sigma * noise
-        X_t = (self.X_0 + sigma * noise.to(self.X_0)).to(self.dtype)  # (1, F, 4, h, w)
+        # I_adv reaches the denoiser through every conditioning path: its latents and its embedding
+        c_adv = model.embed(I_adv)
+        # Generate noisy frames X_t = S(X_0, t, noise)
+        X_t = model.S(self.X_0, sigma, noise)  # (1, F, C, h, w)
         blocks = self.attn_blocks if "att" in self.terms else ()
 
-        def predict(x, c, attn_maps, maps_only=False):
-            latents = x.to(self.dtype)[:, None].expand(-1, frames, -1, -1, -1)  # (1, F, 4, h, w)
-            return denoise(svd.unet, X_t, sigma, latents, c.to(self.dtype), self.time_ids, attn_maps, maps_only)
-
         # Predict X_0: X0_adv = G(X_t, x_adv, c_adv), with the attention maps A_adv
-        X0_adv, A_adv = predict(x_adv, c_adv, blocks)
+        X0_adv, A_adv = model.G(X_t, sigma, x_adv, c_adv, d, blocks)
         if "con" in self.terms:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
         if "att" in self.terms:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
-                _, A_src = predict(encode(self.I_src), self.c_src, blocks, maps_only=True)
+                _, A_src = model.G(X_t, sigma, model.E(self.I_src, d, self.size), self.c_src, d, blocks,
+                                   maps_only=True)
             terms["att"] = attention_loss(A_adv, A_src, self.tau2)
         return terms
 
@@ -185,10 +148,11 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
     return weights, record
 
 
-def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
+def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
             size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), progress=False):
-    """Algorithm 1: the source photo I_src (3,H0,W0) in [0,1] -> (I_adv (3,H0,W0) in [0,1], per-step log).
+    """Algorithm 1 against `model` (pipelines.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
+    (3,H0,W0) in [0,1], per-step log).
 
     method "photoguard" keeps only L_enc (the encoder attack); "random-sign" returns uniform-sign noise
     of size eps (same L_inf) without optimising. `mask` (H0,W0) of 0/1 limits the perturbation (local
@@ -197,8 +161,8 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
     (transforms.EOT_KINDS) of which one, or none, is drawn per iteration and applied to I_adv before
     the adversary's pipeline (expectation over transformations); the calibration draws them too.
     """
-    attn_blocks = attn_blocks or default_attn_blocks(svd.unet)
-    unknown = set(attn_blocks) - set(svd.unet.attention_names)
+    attn_blocks = attn_blocks or model.default_attn_blocks()
+    unknown = set(attn_blocks) - set(model.attention_names)
     if unknown:
         raise ValueError(f"no temporal attention named {sorted(unknown)}")
     terms = {"i2vguard": tuple(terms), "photoguard": ("img", "enc"), "random-sign": ()}[method]
@@ -210,7 +174,7 @@ def protect(svd, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 25
     if method == "random-sign":
         return (I_src + eps * delta.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
 
-    objective = Objective(svd, I_src, terms, num_frames=num_frames or svd.unet.config.num_frames, size=size,
+    objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
                           eot=tuple(eot), progress=progress)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
@@ -258,19 +222,19 @@ def quantise(src8, I_adv, eps, mask):
     return (src8.float() + d).clamp(0, 255).to(torch.uint8)
 
 
-def preview(svd, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
-    """The videos SVD makes from the source photo and from the guarded one (same seed), as the adversary
-    would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif, .after.gif,
-    .preview.gif side by side (photos on top, their videos below, each column labelled), and
+def preview(model, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
+    """The videos the model makes from the source photo and from the guarded one (same seed), as the
+    adversary would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif,
+    .after.gif, .preview.gif side by side (photos on top, their videos below, each column labelled), and
     .attention.png, the temporal attention maps of the attacked blocks (figures.py)."""
     videos, inputs = [], {}
+    device = model.device
     for name, rgb8 in (("source", src8), ("guarded", guarded8)):
-        image = model_input(rgb8, size)
-        frames = generate(svd, image, num_frames=num_frames, steps=steps, seed=seed,
-                          clip_image=rgb8.float() / 127.5 - 1, progress=f"video of the {name} photo")
+        image = model_input(rgb8, size)  # (3, H, W) in [-1, 1], resized as the pipeline resizes
+        frames = model.video(rgb8, size=size, num_frames=num_frames, steps=steps, seed=seed,
+                             progress=f"video of the {name} photo")
         videos.append((image, frames.cpu()))
-        device = frames.device
-        inputs[name] = (image[None].to(device), (rgb8.float() / 127.5 - 1)[None].to(device))
+        inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
     (src, V_src), (adv, V_adv) = videos
     top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
     grid = torch.stack([torch.cat([top, torch.cat([a, b], dim=-1)], dim=-2) for a, b in zip(V_src, V_adv)])
@@ -283,12 +247,11 @@ def preview(svd, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
     # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        X_0 = encode_frames(svd.vae, V_src.to(device))[None]  # (1, F, 4, h, w)
-    sigma = karras_sigmas(steps)[steps // 2].item()
-    X_t = X_0 + sigma * torch.randn(X_0.shape, generator=g).to(device)
-    aug = torch.randn((1, 3, *size), generator=g).to(device)
-    time_ids = added_time_ids(FPS, MOTION_BUCKET_ID, NOISE_AUG).to(device)
-    maps = temporal_maps(svd, inputs, X_t, sigma, time_ids, NOISE_AUG, aug, attn_blocks)
+        X_0 = model.encode_frames(V_src.to(device))  # (1, F, C, h, w)
+    sigma = model.noise_levels(steps)[steps // 2]
+    X_t = model.S(X_0, sigma, torch.randn(X_0.shape, generator=g))
+    d = model.draw(g, size)
+    maps = temporal_maps(model, inputs, X_t, sigma, d, size, attn_blocks)
     figure = io.BytesIO()
     attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
     return {".before.gif": video_bytes(to_images(V_src), FPS), ".after.gif": video_bytes(to_images(V_adv), FPS),
@@ -336,17 +299,17 @@ def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
     return tuple(name for name in TERMS if not dropped.get(name))
 
 
-def protect_file(svd, photo, out, mask, args, terms):
+def protect_file(model, photo, out, mask, args, terms):
     """Protect one photo file: writes the guarded PNG, its report beside it and, with --preview, the videos,
     all or nothing; returns the report."""
     rgb8, alpha, icc = read_photo(photo)
     if mask is not None and mask.shape != rgb8.shape[-2:]:
         raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {rgb8.shape[2]}x{rgb8.shape[1]}")
-    device = next(svd.unet.parameters()).device
+    device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    I_adv, history = protect(svd, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
+    I_adv, history = protect(model, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
                              mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
                              step_size=args.step_size, update=args.update, fidelity=args.fidelity, alpha=args.alpha,
                              beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
@@ -356,7 +319,7 @@ def protect_file(svd, photo, out, mask, args, terms):
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255
     report = {
-        "input": str(photo), "output": str(out), "model": svd.source, "untrained_model": svd.untrained,
+        "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
         "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
         "settings": report_settings(args),
         "psnr_db": psnr(a, b), "ssim": ssim(a, b), "linf": (a - b).abs().max().item(),
@@ -365,7 +328,7 @@ def protect_file(svd, photo, out, mask, args, terms):
     }
     files = {out: png_bytes(guarded8, alpha, icc)}
     if args.preview:
-        videos = preview(svd, rgb8, guarded8, (args.height, args.width), args.frames, args.seed, args.sample_steps,
+        videos = preview(model, rgb8, guarded8, (args.height, args.width), args.frames, args.seed, args.sample_steps,
                          args.attn_blocks)
         files |= {out.with_suffix(suffix): data for suffix, data in videos.items()}
     files[out.with_suffix(".json")] = json_bytes(report)
@@ -425,9 +388,8 @@ def main(argv=None):
                         "each iteration attacks the photo after one of them (or none), drawn at random "
                         "(transforms.py), so that the protection survives them")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
-                   help="comma-separated UNet transformer names whose temporal attention maps are attacked "
-                        "(default: every one of the last downsampling level that has attention; SVD: "
-                        "down_blocks.2.attentions.0,down_blocks.2.attentions.1)")
+                   help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
+                        "attacked (default: the model's own choice, see README: Attention maps)")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="video frames (default: the model's num_frames)")
     p.add_argument("--height", type=integer(8, MAX_SIDE),
                    help="the adversary's model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
@@ -437,9 +399,7 @@ def main(argv=None):
                    help="denoising steps of V_0 and the preview videos")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                    help="seed of the random start, noise draws and videos")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id, local folder in the official layout, "
-                   "'toy' (a small SVD trained on a CPU, 64x64, 8 frames), or 'tiny' (untrained random weights: "
-                   "protects nothing, for tests)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -475,15 +435,15 @@ def main(argv=None):
     worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
     try:
-        svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
+        model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant)
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
-    args.frames = args.frames or svd.unet.config.num_frames
+    args.frames = args.frames or model.num_frames
     if args.low_memory is None:
         args.low_memory = default_low_memory(device)
-    svd.unet.checkpointing = svd.vae.checkpointing = args.low_memory
-    args.attn_blocks = args.attn_blocks or default_attn_blocks(svd.unet)
-    unknown = set(args.attn_blocks) - set(svd.unet.attention_names)
+    model.low_memory(args.low_memory)
+    args.attn_blocks = args.attn_blocks or model.default_attn_blocks()
+    unknown = set(args.attn_blocks) - set(model.attention_names)
     if unknown:
         fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")
 
@@ -495,7 +455,7 @@ def main(argv=None):
                 bar.write(f"{photo}: done already, skipped", file=sys.stderr)
                 continue
             try:
-                report = protect_file(svd, photo, out, mask, args, terms)
+                report = protect_file(model, photo, out, mask, args, terms)
                 bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
                           f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s", file=sys.stderr)
             except (ValueError, OSError, RuntimeError, MemoryError) as e:

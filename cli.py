@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from weights import WeightsError
+from weights import TOY_MODEL, WeightsError, build_network
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
 # Upper limits of the flags that size the tensors, so that a typo is refused instead of exhausting memory.
@@ -209,3 +209,21 @@ def json_bytes(value):
             return [strict(x) for x in v]
         return v
     return json.dumps(strict(value), indent=1, allow_nan=False).encode()
+
+
+def model_size(height, width, model):
+    """--height/--width: the reference pipeline's 576x1024 unless given; the toy's training size (its VAE
+    config's sample_size); 128x128 for the tiny smoke-test model."""
+    if model == "toy":
+        default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
+    else:
+        default = (128, 128) if model == "tiny" else (576, 1024)
+    height, width = height or default[0], width or default[1]
+    if height <= 0 or width <= 0 or height % 8 or width % 8:
+        fail(f"--height and --width must be positive multiples of 8, got {height}x{width}")
+    return height, width
+
+
+def default_low_memory(device):
+    """Memory mode by default on GPUs with less than 40 GiB."""
+    return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 40 * 2**30

@@ -35,13 +35,14 @@ from tqdm import tqdm
 import metrics
 from attack import list_photos, protect, quantise, selected_terms
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
-                 default_dtype, fail, integer, json_bytes, number, one_line, parse_device, refuse_clashes,
-                 variant, weights_hint, write_files)
+                 default_dtype, default_low_memory, fail, integer, json_bytes, model_size, number, one_line,
+                 parse_device, refuse_clashes, variant, weights_hint, write_files)
 from model import DINO, AestheticPredictor, CLIPConfig, ViTConfig
-from photos import png_bytes, read_photo
-from sample import default_low_memory, encoded, generate, load_model, model_input, model_size, to_uint8
+from photos import encoded, model_input, png_bytes, read_photo, to_uint8
+from sample import generate, load_model
 from shard import join, parse_shard
 from survival import survival_tables, survive
+from svd import SVDPipeline
 from transforms import EOT_KINDS, parse, name as transform_name
 from weights import DEFAULT_MODEL, WeightsError, fetch, load_checked
 
@@ -166,7 +167,7 @@ def evaluate_photo(svd, judges, photo, folder, methods, args):
             if name == "random":
                 guarded8 = matched_noise(rgb8, guarded["i2vguard"], args.seed)
             else:
-                I_adv, _ = protect(svd, (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
+                I_adv, _ = protect(SVDPipeline(svd), (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
                                    steps=args.steps, num_frames=args.frames, size=(args.height, args.width),
                                    sample_steps=args.sample_steps, seed=args.seed, progress=True)
                 guarded8 = guarded[name] = quantise(rgb8, I_adv, args.eps, None)

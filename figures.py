@@ -2,14 +2,12 @@
 adversary's model animates the source photo, beside the same maps for the guarded photo.
 
 Both passes denoise the same noisy latents of the source's video at the middle noise level of the
-sampling schedule, with the same noise-augmentation draw, so the maps differ only through the photo.
+sampling schedule, with the same draw of the pipeline's randomness, so the maps differ only through the photo.
 """
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model.edm import denoise
-from sample import clip_embedding, image_latents
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
 
@@ -20,18 +18,13 @@ def heat(values):
     return (255 * np.clip(np.concatenate([3 * v, 3 * v - 1, 3 * v - 2], -1), 0, 1)).astype(np.uint8)
 
 
-def temporal_maps(svd, photos, X_t, sigma, time_ids, noise_aug, aug, blocks):
+def temporal_maps(model, photos, X_t, sigma, d, size, blocks):
     """{photo name: {block: temporal attention probabilities (h*w, heads, F, F)}} for each photo
-    (name: (model input (1,3,H,W) in [-1,1], CLIP input (1,3,H0,W0) in [-1,1])), each encoded through
-    the same augmentation noise `aug` of strength `noise_aug`."""
-    dtype = next(svd.unet.parameters()).dtype
-    maps = {}
+    (name: (photo at the model's size (1,3,H,W) in [0,1], the photo at its own size)), through the
+    model's denoiser G at noise level sigma, every photo encoded through the same draw d."""
     with torch.no_grad():
-        for name, (image, clip_image) in photos.items():
-            x = image_latents(svd.vae, image, noise_aug, aug).to(dtype)[:, None].expand(-1, X_t.shape[1], -1, -1, -1)
-            c = clip_embedding(svd.image_encoder, clip_image).to(dtype)
-            maps[name] = denoise(svd.unet, X_t.to(dtype), sigma, x, c, time_ids.to(dtype), blocks, maps_only=True)[1]
-    return maps
+        return {name: model.G(X_t, sigma, model.E(image, d, size), model.embed(full), d, blocks, maps_only=True)[1]
+                for name, (image, full) in photos.items()}
 
 
 def attention_figure(maps, latent_size):

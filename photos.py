@@ -1,5 +1,5 @@
 """Photo and mask files: any still image Pillow reads becomes 8-bit RGB (plus its alpha channel), or a
-one-line ValueError that says why not.
+one-line ValueError that says why not; and video frames become 8-bit images and file bytes (PNG, GIF, WebP).
 
 A photo must be at least MIN_SIDE pixels a side and at most MAX_PIXELS pixels; both are checked from
 the file's header, before the pixels are decoded. 16-bit images are scaled to 8 bits (the guarded photo
@@ -88,3 +88,41 @@ def png_bytes(rgb8, alpha=None, icc=None):
     Image.fromarray(np.dstack([array, alpha]) if alpha is not None else array).save(
         buffer, format="PNG", **({"icc_profile": icc} if icc else {}))
     return buffer.getvalue()
+
+
+def model_input(rgb8, size=None):
+    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1], resized as load_image resizes a photo file."""
+    return to_model_image(Image.fromarray(rgb8.permute(1, 2, 0).numpy()), size)
+
+
+def to_model_image(im, size=None):
+    """An RGB PIL image -> (3,H,W) float32 in [-1,1], resized with Lanczos to size=(height, width) if given."""
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)
+    return x * 2 - 1
+
+
+def to_uint8(frames):
+    """(F,3,H,W) in [-1,1] -> (F,H,W,3) uint8, rounded as the reference's PIL output is. NaN or infinity (broken
+    weights) is a ValueError, not a black video."""
+    if not frames.isfinite().all():
+        raise ValueError("the video holds NaN or infinite values: the model's weights or the settings are broken")
+    return ((frames.float() / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_images(frames):
+    """(F,3,H,W) in [-1,1] -> F PIL images."""
+    return [Image.fromarray(a) for a in to_uint8(frames)]
+
+
+def encoded(im, format, **options):
+    """A PIL image -> the bytes of an image file in `format`."""
+    buffer = io.BytesIO()
+    im.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def video_bytes(images, fps, format="GIF"):
+    """PIL images -> the bytes of a looping animated GIF or WebP."""
+    return encoded(images[0], format, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)

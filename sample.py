@@ -8,23 +8,21 @@ entry point, turns them off.
 example: python sample.py --image photo.jpg --out video.gif --seed 0
 """
 import argparse
-import io
 import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, features
+from PIL import features
 from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
-                 default_dtype, fail, integer, number, parse_device, refuse_clashes, variant, weights_hint,
-                 write_files)
+                 default_dtype, default_low_memory, fail, integer, model_size, number, parse_device, refuse_clashes,
+                 variant, weights_hint, write_files)
 from model.edm import denoise, euler_step, karras_sigmas
-from photos import read_photo
-from weights import DEFAULT_MODEL, TOY_MODEL, WeightsError, build_network, load_svd, tiny_svd
+from photos import encoded, model_input, read_photo, to_images, video_bytes
+from weights import DEFAULT_MODEL, TOY_MODEL, WeightsError, load_svd, tiny_svd
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,44 +37,6 @@ def load_image(path, size=None):
     resized with Lanczos on its 8-bit pixels first, as the reference pipeline's preprocessing does.
     Any mode, size or animation photos.read_photo refuses is a ValueError."""
     return model_input(read_photo(path)[0], size)
-
-
-def model_input(rgb8, size=None):
-    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1], resized as load_image resizes a photo file."""
-    return to_model_image(Image.fromarray(rgb8.permute(1, 2, 0).numpy()), size)
-
-
-def to_model_image(im, size=None):
-    """An RGB PIL image -> (3,H,W) float32 in [-1,1], resized with Lanczos to size=(height, width) if given."""
-    if size is not None and im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)
-    return x * 2 - 1
-
-
-def to_uint8(frames):
-    """(F,3,H,W) in [-1,1] -> (F,H,W,3) uint8, rounded as the reference's PIL output is. NaN or infinity (broken
-    weights) is a ValueError, not a black video."""
-    if not frames.isfinite().all():
-        raise ValueError("the video holds NaN or infinite values: the model's weights or the settings are broken")
-    return ((frames.float() / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_images(frames):
-    """(F,3,H,W) in [-1,1] -> F PIL images."""
-    return [Image.fromarray(a) for a in to_uint8(frames)]
-
-
-def encoded(im, format, **options):
-    """A PIL image -> the bytes of an image file in `format`."""
-    buffer = io.BytesIO()
-    im.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def video_bytes(images, fps, format="GIF"):
-    """PIL images -> the bytes of a looping animated GIF or WebP."""
-    return encoded(images[0], format, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def frame_paths(folder, n):
@@ -212,24 +172,6 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
 
 
 # ---------------------------------------------------------------- command line
-def model_size(height, width, model):
-    """--height/--width: the reference pipeline's 576x1024 unless given; the toy's training size (its VAE
-    config's sample_size); 128x128 for the tiny smoke-test model."""
-    if model == "toy":
-        default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
-    else:
-        default = (128, 128) if model == "tiny" else (576, 1024)
-    height, width = height or default[0], width or default[1]
-    if height <= 0 or width <= 0 or height % 8 or width % 8:
-        fail(f"--height and --width must be positive multiples of 8, got {height}x{width}")
-    return height, width
-
-
-def default_low_memory(device):
-    """Memory mode by default on GPUs with less than 40 GiB."""
-    return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 40 * 2**30
-
-
 def load_model(name, device, dtype, variant="fp16"):
     """A model by its --model name: 'toy' (trained here, in the repo), 'tiny' (random), or a hub id or folder."""
     if name == "toy":

@@ -155,7 +155,7 @@ class DiffusersObjective:
 
     def __call__(self, I_adv, draw):
         from losses import attention_loss, contrastive_loss, encoder_loss, image_loss
-        aug, sigma, noise = draw
+        aug, sigma, noise, _ = draw
         terms = {"img": image_loss(I_adv, self.I_src)}
         x_adv = self.encode(I_adv * 2 - 1 + 0.02 * aug.to(I_adv))
         with torch.no_grad():  # target and source through the same augmentation draw, as attack.py
@@ -174,7 +174,8 @@ class DiffusersObjective:
 
 # ---------------------------------------------------------------- one process measures one side
 def worker(args):
-    from attack import TERMS, Objective, to_model_input
+    from attack import TERMS, Objective
+    from svd import SVDPipeline, to_model_input
     from sample import image_latents
     from losses import total_loss
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -189,7 +190,7 @@ def worker(args):
         from weights import load_svd
         svd = load_svd(args.weights, variant=None, dtype=dtype, device=device)
         svd.unet.checkpointing = svd.vae.checkpointing = args.mode == "memory"
-        objective = Objective(svd, I_src, TERMS, num_frames=frames, size=size, tau1=0.5, tau2=0.5,
+        objective = Objective(SVDPipeline(svd), I_src, TERMS, num_frames=frames, size=size, tau1=0.5, tau2=0.5,
                               attn_blocks=BLOCKS, sample_steps=25, seed=0, V_0=V_0)
         with torch.no_grad():  # the sampling-step benchmark's conditioning latents, clean as theirs
             objective.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)
@@ -212,7 +213,7 @@ def worker(args):
         networks = (unet, vae, clip)
 
     sigma_rng = torch.Generator().manual_seed(1)
-    draws = [(torch.randn(1, 3, *size, generator=sigma_rng), 5.0, torch.randn(objective.X_0.shape, generator=sigma_rng))
+    draws = [(torch.randn(1, 3, *size, generator=sigma_rng), 5.0, torch.randn(objective.X_0.shape, generator=sigma_rng), None)
              for _ in range(args.iters + 1)]
     times, first = [], None
     loaded = reset_peak(device)

@@ -15,6 +15,7 @@ import attack
 import figures
 from attack import TERMS, Objective, protect, selected_terms
 from losses import attention_distance, total_loss
+from svd import SVDPipeline
 from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 4, 4
@@ -23,7 +24,7 @@ ROOT = attack.Path(attack.__file__).parent
 
 @pytest.fixture(scope="module")
 def svd():
-    return tiny_svd(0)
+    return SVDPipeline(tiny_svd(0))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def I_src():
 
 def objective(svd, I_src, terms):
     return Objective(svd, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=attack.default_attn_blocks(svd.unet), sample_steps=SAMPLE_STEPS, seed=0)
+                     attn_blocks=svd.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0)
 
 
 def mean_over_draws(obj, I, measure, n=8):
@@ -48,13 +49,12 @@ def mean_over_draws(obj, I, measure, n=8):
 def att_distance(obj, I, draw):
     """||A_adv - A_src||^2 for I at this draw, both passes through the same augmentation noise."""
     maps = {}
-    aug, sigma, noise, _ = draw
+    d, sigma, noise, _ = draw
+    model = obj.model
     for name, photo in (("adv", I), ("src", obj.I_src)):
-        x = attack.image_latents(obj.svd.vae, attack.to_model_input(photo, obj.size), attack.NOISE_AUG, aug)
-        c = attack.clip_embedding(obj.svd.image_encoder, photo * 2 - 1)
         X_t = obj.X_0 + sigma * noise
-        latents = x[:, None].expand(-1, FRAMES, -1, -1, -1)
-        maps[name] = attack.denoise(obj.svd.unet, X_t, sigma, latents, c, obj.time_ids, obj.attn_blocks)[1]
+        x, c = model.E(photo, d, obj.size), model.embed(photo)
+        maps[name] = model.G(X_t, sigma, x, c, d, obj.attn_blocks)[1]
     return attention_distance(maps["adv"], maps["src"]).item()
 
 
@@ -95,7 +95,7 @@ def test_temporal_loss_has_a_gradient(svd, I_src):
 def test_each_ablation_removes_exactly_its_term(I_src, flag, term):
     # float64: without L_att the UNet runs SDPA instead of explicit attention, an O(1e-7) difference in
     # float32 that the random tiny network amplifies; in float64 the two agree to O(1e-14).
-    svd = tiny_svd(0, dtype=torch.float64)
+    svd = SVDPipeline(tiny_svd(0, dtype=torch.float64))
     terms = selected_terms(**{flag: True})
     assert set(TERMS) - set(terms) == {term}
     full, ablated = objective(svd, I_src, TERMS), objective(svd, I_src, terms)

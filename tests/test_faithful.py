@@ -15,6 +15,7 @@ import metrics
 from attack import TERMS, Objective, calibrate
 from photos import read_photo
 from sample import generate, load_model
+from svd import SVDPipeline
 from weights import TOY_MODEL, tiny_svd
 
 EXAMPLES = TOY_MODEL.parents[1] / "examples"
@@ -34,8 +35,9 @@ def photo():
 
 
 def objective(svd, I_src, terms=TERMS, V_0=None):
-    return Objective(svd, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=attack.default_attn_blocks(svd.unet), sample_steps=SAMPLE_STEPS, seed=0, V_0=V_0)
+    model = SVDPipeline(svd)
+    return Objective(model, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
+                     attn_blocks=model.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0, V_0=V_0)
 
 
 def test_attention_distance_and_gradient_vanish_at_the_source(photo):
@@ -73,8 +75,9 @@ def test_calibrated_weights_agree_over_seeds():
     toy = load_model("toy", torch.device("cpu"), torch.float32)
     rgb8, _, _ = read_photo(EXAMPLES / "chelsea.png")
     photo = rgb8.float() / 255
+    toy = SVDPipeline(toy)
     obj = Objective(toy, photo[None], TERMS, num_frames=8, size=(64, 64), tau1=0.5, tau2=0.5,
-                    attn_blocks=attack.default_attn_blocks(toy.unet), sample_steps=25, seed=0)
+                    attn_blocks=toy.default_attn_blocks(), sample_steps=25, seed=0)
     ratios = []
     for seed in range(4):
         g = torch.Generator().manual_seed(seed)
@@ -105,7 +108,7 @@ def test_calibrated_weights_do_not_depend_on_the_thread_count(photo):
 
 def test_protect_records_the_calibration(photo):
     svd = tiny_svd(0)
-    _, history = attack.protect(svd, photo, steps=1, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS,
+    _, history = attack.protect(SVDPipeline(svd), photo, steps=1, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS,
                                 fidelity=1.0)
     calibration = history["calibration"]
     assert len(calibration["sigmas"]) == min(attack.CALIBRATION_DRAWS, SAMPLE_STEPS)

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 import attack
 import evaluate
 import sample
+import svd as svd_pipeline
 import weights
 from cli import write_files
 from photos import MAX_PIXELS, MIN_SIDE
@@ -325,7 +326,7 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(photo, tmp_path, cap
             raise KeyboardInterrupt
         return generate(*args, **kwargs)
 
-    monkeypatch.setattr(attack if main is attack.main else sample, "generate", interrupted)
+    monkeypatch.setattr(svd_pipeline if main is attack.main else sample, "generate", interrupted)
     args = ["--image", photo] + (RANDOM + ["--preview"] if main is attack.main else
                                  ["--out", tmp_path / "v.gif"] + TINY)
     assert "interrupted" in refused(main, args, tmp_path, capsys, 130)

@@ -12,6 +12,7 @@ from PIL import Image
 import attack
 import evaluate
 from attack import TERMS, Objective
+from svd import SVDPipeline
 from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 3, 3
@@ -19,7 +20,7 @@ SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 3, 3
 
 @pytest.fixture(scope="module")
 def svd():
-    return tiny_svd(0)
+    return SVDPipeline(tiny_svd(0))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def I_src():
 
 def objective(svd, I_src, eot):
     return Objective(svd, I_src[None], TERMS, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=attack.default_attn_blocks(svd.unet), sample_steps=SAMPLE_STEPS, seed=0, eot=eot)
+                     attn_blocks=svd.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0, eot=eot)
 
 
 def test_eot_draws_after_everything_else(svd, I_src, monkeypatch):
