@@ -48,13 +48,13 @@ class TimestepEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """Per-frame 2D residual block (GroupNorm, SiLU, 3x3 conv), optionally shifted by the time embedding."""
 
-    def __init__(self, in_channels, out_channels, temb_dim=None, eps=1e-6):
+    def __init__(self, in_channels, out_channels, temb_dim=None, eps=1e-6, groups=32):
         super().__init__()
-        self.norm1 = nn.GroupNorm(32, in_channels, eps=eps)
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         if temb_dim is not None:
             self.time_emb_proj = nn.Linear(temb_dim, out_channels)
-        self.norm2 = nn.GroupNorm(32, out_channels, eps=eps)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 

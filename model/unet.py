@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import UNetConfig
+from .controlnext import inject_control
 from .layers import (Attention, Downsample, FeedForward, Mixer, SpatioTemporalResBlock, TimestepEmbedding,
                      Upsample, container, maybe_checkpoint, sinusoidal_embedding)
 
@@ -146,9 +147,13 @@ class UNet(nn.Module):
         self.attention_names = [name for name, m in self.named_modules() if isinstance(m, SpatioTemporalTransformer)]
         self.checkpointing = False  # memory mode: recompute block activations in the backward pass
 
-    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, attn_maps=(), maps_only=False):
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, attn_maps=(), maps_only=False,
+                control=None, control_scale=1.0):
         """sample (B,F,8,H,W), timestep = c_noise (scalar or (B,)), encoder_hidden_states (B,1,D),
         added_time_ids (B,3) -> (out (B,F,4,H,W), {block name: temporal attention probs}).
+
+        `control` (B*F, C, h, w), ControlNeXt's pose features (model.controlnext), is injected after the first
+        down block with weight control_scale (a float, or (B,) per video: 0 for guidance's unconditional half).
 
         With maps_only the pass stops once every requested map is computed and returns (None, maps).
         With `self.checkpointing` set, each res block and transformer is activation-checkpointed.
@@ -190,6 +195,9 @@ class UNet(nn.Module):
             for down in block.downsamplers:
                 x = down(x)
                 skips.append(x)
+            if i == 0 and control is not None:  # after the skips were stored: they stay free of the control
+                scale = torch.as_tensor(control_scale, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
+                x = inject_control(x, control, scale.repeat_interleave(f))
 
         x = res(self.mid_block.resnets[0], x)
         x = attend("mid_block.attentions.0", self.mid_block.attentions[0], x)
