@@ -1,0 +1,188 @@
+"""Pose sequences for ControlNeXt-SVD-v2: generic body motions to protect against when the adversary's
+poses are unknown, drawn as the release draws its DWPose skeletons, and pose frames read from files.
+
+A pose is the 18 OpenPose body keypoints (KEYPOINTS, in that order) as (x, y) fractions of the frame's
+width and height. Frame 0 of every generic sequence is the same neutral standing pose: the pipeline
+replaces a sequence's first pose by the reference photo's own pose anyway.
+"""
+import colorsys
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageSequence
+
+KEYPOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
+             "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
+
+# The drawing follows the release's ControlNeXt-SVD-v2/dwpose/util.py (draw_pose, draw_bodypose), which
+# utils/pre_process.py (through dwpose/preprocess.py) uses for the reference photo and every driving frame.
+# It also draws hands and face landmarks; these poses have none, so only the body is drawn here.
+LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
+         (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))  # limb i joins these (ear-shoulder: not drawn)
+CANVAS_SIDE = 2160  # the release draws on a canvas whose shorter side is this, then resizes it to the frame
+LIMB_HALF_WIDTH = 4  # canvas pixels: a limb is a filled ellipse with this minor semi-axis
+JOINT_RADIUS = 4  # canvas pixels: a keypoint is a filled disc
+LIMB_DIMMING = 0.6  # limbs are drawn at 60% brightness, keypoints at full
+
+# The neutral pose, in frame heights, x from the frame's centre (the person's right is the image's
+# left). Sequences are proportioned for the release's 576x1024 portrait frame; other shapes stretch them.
+ASPECT = 576 / 1024
+NECK, SHOULDER, HIP = (0.0, 0.25), (0.075, 0.26), (0.045, 0.52)  # SHOULDER, HIP: the left one; mirrored
+UPPER_ARM, FOREARM, THIGH, SHIN = 0.13, 0.12, 0.18, 0.18
+
+
+def colour(i):
+    """The RGB colour (0..255) of limb i and keypoint i in the release's pose images: hue i * 20 degrees,
+    with red and blue swapped (the release draws the hues on a canvas it then converts from BGR to RGB)."""
+    r, g, b = (round(255 * c) for c in colorsys.hsv_to_rgb(i / 18, 1.0, 1.0))
+    return b, g, r
+
+
+def body(lean=0.0, turn=0.0, rise=0.0, arm_raise=(0, 0), elbow_bend=(0, 0), knee_lift=(0, 0)):
+    """One pose (18, 2); with no arguments, the neutral standing pose.
+
+    lean: the neck's sideways shift in frame heights, pivoting at the hips; turn: the head's turn in
+    [-1, 1] (positive: towards the image's right); rise: the whole body's lift in frame heights.
+    Per side (right, left), in degrees: arm_raise, the upper arm's swing out from hanging; elbow_bend,
+    the forearm's further swing; knee_lift, the thigh's swing towards the camera (it looks shorter).
+    """
+    p = np.zeros((18, 2))
+    p[1] = NECK
+    p[0] = (0.02 * turn, 0.17)
+    for k, side in enumerate((-1, 1)):  # right, left: the side's direction in x
+        shoulder, elbow, wrist, hip, knee, ankle, eye, ear = (
+            (2, 3, 4, 8, 9, 10, 14, 16), (5, 6, 7, 11, 12, 13, 15, 17))[k]
+        p[shoulder] = (side * SHOULDER[0], SHOULDER[1])
+        upper = math.radians(10 + arm_raise[k])  # hanging arms are 10 degrees out, elbows bent 5
+        fore = upper + math.radians(5 + elbow_bend[k])
+        p[elbow] = p[shoulder] + UPPER_ARM * np.array((side * math.sin(upper), math.cos(upper)))
+        p[wrist] = p[elbow] + FOREARM * np.array((side * math.sin(fore), math.cos(fore)))
+        p[hip] = (side * HIP[0], HIP[1])
+        p[knee] = p[hip] + (0, THIGH * math.cos(math.radians(knee_lift[k])))
+        p[ankle] = p[knee] + (0, SHIN)  # the shin stays upright
+        p[eye] = (side * 0.015 + 0.018 * turn, 0.155)
+        p[ear] = (side * 0.035 + 0.01 * turn, 0.165)
+    p[:, 0] += lean * np.clip((HIP[1] - p[:, 1]) / (HIP[1] - NECK[1]), 0, None)  # legs stay put
+    p[:, 1] -= rise
+    return np.stack((0.5 + p[:, 0] / ASPECT, p[:, 1]), axis=1)
+
+
+# Motions are timed in frames at about 15 a second (the release keeps every 2nd frame of a driving video,
+# typically 30 fps), so a longer sequence shows more of the same motion rather than a slower one.
+def cycle(t, period):
+    """sin of frame t's phase in a motion repeating every `period` frames: 0 at frame 0."""
+    return math.sin(2 * math.pi * t / period)
+
+
+def wave(frames):
+    """(F, 18, 2): standing; the right forearm rises over 5 frames, then the hand waves, 8 frames a wave."""
+    poses = []
+    for t in range(frames):
+        up = min(t / 5, 1)
+        poses.append(body(arm_raise=(35 * up, 0), elbow_bend=(up * (130 + 25 * cycle(t, 8)), 0)))
+    return np.stack(poses)
+
+
+def sway(frames):
+    """(F, 18, 2): the upper body sways, 20 frames a sway; the head turns, 12 frames a turn; arms hang."""
+    return np.stack([body(lean=0.03 * cycle(t, 20), turn=0.8 * cycle(t, 12)) for t in range(frames)])
+
+
+def walk(frames):
+    """(F, 18, 2): walking in place, a step of each leg in 14 frames; the knees rise in turn and the
+    opposite elbow bends."""
+    poses = []
+    for t in range(frames):
+        step = cycle(t, 14)  # > 0: right knee up, weight on the left leg
+        right, left = max(step, 0), max(-step, 0)
+        poses.append(body(lean=0.012 * step, rise=0.008 * abs(step), elbow_bend=(40 * left, 40 * right),
+                          knee_lift=(60 * right, 60 * left)))
+    return np.stack(poses)
+
+
+SEQUENCES = {"wave": wave, "sway": sway, "walk": walk}
+
+
+def limb_polygon(start, end):
+    """The filled ellipse the release draws for a limb between two canvas points, as a 361-point polygon:
+    semi-axes half their distance and LIMB_HALF_WIDTH; centre, axis and angle truncated to whole pixels
+    and whole degrees, as the release does."""
+    cx, cy = (int(v) for v in (start + end) / 2)
+    half_length = int(math.dist(start, end) / 2)
+    angle = math.radians(int(math.degrees(math.atan2(start[1] - end[1], start[0] - end[0]))))
+    t = np.radians(np.arange(361))
+    along, across = half_length * np.cos(t), LIMB_HALF_WIDTH * np.sin(t)
+    x = np.rint(cx + along * math.cos(angle) - across * math.sin(angle))
+    y = np.rint(cy + along * math.sin(angle) + across * math.cos(angle))
+    return list(zip(x.astype(int).tolist(), y.astype(int).tolist()))
+
+
+def resize_like_opencv(image, height, width):
+    """uint8 (h, w, 3) -> (height, width, 3) as OpenCV's bilinear resize, which the release uses: each
+    output pixel interpolates the 2x2 input pixels around its centre, with no antialiasing (Pillow's
+    bilinear resize would average every input pixel a shrunk output pixel covers)."""
+    def taps(out_size, in_size):
+        at = ((np.arange(out_size) + 0.5) * in_size / out_size - 0.5).clip(0, in_size - 1)
+        low = np.floor(at).astype(int)
+        return low, np.minimum(low + 1, in_size - 1), (at - low).astype(np.float32)
+    y0, y1, wy = taps(height, image.shape[0])
+    x0, x1, wx = taps(width, image.shape[1])
+    rows = image[y0].astype(np.float32) * (1 - wy)[:, None, None] + image[y1] * wy[:, None, None]
+    out = rows[:, x0] * (1 - wx)[:, None] + rows[:, x1] * wx[:, None]
+    return np.rint(out).astype(np.uint8)
+
+
+def draw_skeleton(keypoints, height, width):
+    """Keypoints (18, 2) in fractions of width and height (a NaN one is not drawn, like an undetected one)
+    -> the body on black as the release draws it, (3, H, W) float32 in [0, 1]."""
+    scale = CANVAS_SIDE / min(height, width)
+    canvas = Image.new("RGB", (int(width * scale), int(height * scale)))
+    draw = ImageDraw.Draw(canvas)
+    points = np.asarray(keypoints, dtype=np.float64) * canvas.size
+    seen = np.isfinite(points).all(axis=1)
+    for i, (a, b) in enumerate(LIMBS):
+        if seen[a] and seen[b]:
+            outline, dimmed = limb_polygon(points[a], points[b]), tuple(int(c * LIMB_DIMMING) for c in colour(i))
+            draw.polygon(outline, fill=dimmed)
+            draw.line(outline, fill=dimmed)  # OpenCV's fill also covers the pixels its outline crosses
+    for i in np.flatnonzero(seen):
+        x, y = (int(v) for v in points[i])
+        for dy in range(-JOINT_RADIUS, JOINT_RADIUS + 1):  # the pixels within the radius, row by row
+            dx = math.isqrt(JOINT_RADIUS ** 2 - dy ** 2)
+            draw.line(((x - dx, y + dy), (x + dx, y + dy)), fill=colour(i))
+    frame = resize_like_opencv(np.asarray(canvas), height, width)
+    return torch.from_numpy(frame).permute(2, 0, 1).float() / 255  # (3, H, W)
+
+
+def generic_poses(frames, height, width):
+    """Every generic sequence drawn: name -> (F, 3, H, W) float32 in [0, 1]."""
+    return {name: torch.stack([draw_skeleton(p, height, width) for p in sequence(frames)])
+            for name, sequence in SEQUENCES.items()}
+
+
+def read_poses(path, height, width):
+    """Pose frames -> (F, 3, H, W) float32 in [0, 1], each resized (bilinear) to height x width.
+
+    path: a folder of frame images (.png, .jpg, .jpeg, .webp, in name order) or one image file (every
+    frame of an animated GIF or WebP). Anything unreadable is a one-line ValueError.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not files:
+            raise ValueError(f"{path}: no .png, .jpg or .webp pose images in this folder")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(f"{path}: no such pose file or folder")
+    frames = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                frames += [np.asarray(f.convert("RGB").resize((width, height), Image.BILINEAR))
+                           for f in ImageSequence.Iterator(im)]
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"{file}: not a readable image ({e})") from None
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255  # (F, 3, H, W)
