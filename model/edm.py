@@ -24,17 +24,20 @@ def precondition(sigma):
     return c_skip, c_out, c_in, c_noise
 
 
-def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_maps=(), maps_only=False):
+def denoise(unet, x, sigma, image_latents, image_embeds, added_time_ids, attn_maps=(), maps_only=False,
+            control=None, control_scale=1.0):
     """EDM eq. 7, D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with SVD's conditioning latents
     concatenated to the scaled input; returns (D in float32 or wider, {block name: temporal attention probs}), or with
     maps_only (None, maps) from a UNet pass that stops after the last requested map.
 
     x, image_latents (B,F,4,h,w); sigma a number, 0-d or (B,) tensor; image_embeds (B,1,D); added_time_ids (B,3).
+    control, control_scale: ControlNeXt's pose features and their weight, passed on to the UNet (model.unet).
     """
     c_skip, c_out, c_in, c_noise = precondition(sigma)
     c_skip, c_out, c_in = (c.to(x).reshape(-1, *(1,) * (x.ndim - 1)) for c in (c_skip, c_out, c_in))
     unet_input = torch.cat([c_in * x, image_latents], dim=2)  # (B, F, 8, h, w)
-    F_x, maps = unet(unet_input, c_noise, image_embeds, added_time_ids, attn_maps, maps_only)
+    extra = {} if control is None else dict(control=control, control_scale=control_scale)  # none: the call as before
+    F_x, maps = unet(unet_input, c_noise, image_embeds, added_time_ids, attn_maps, maps_only, **extra)
     if maps_only:
         return None, maps
     # the output combination in float32 (or wider) whatever the network's dtype, as the reference scheduler does it

@@ -1,0 +1,237 @@
+"""ControlNeXt-SVD-v2 (Peng et al. 2024, "ControlNeXt", arXiv 2408.06070): SVD-XT made to follow a pose sequence.
+
+    networks, pose_encoder = load_controlnext()                    # the release, from the hub
+    networks, pose_encoder = load_controlnext("/path/to/folder")   # a folder in the layout below
+    frames = generate_controlnext(networks, pose_encoder, image, poses, seed=0)
+    model = ControlNeXtPipeline(networks, pose_encoder, [poses])   # P, E, S, G for attack.py (see svd.py)
+
+The release is SVD-XT 1.1's VAE and CLIP image encoder, a fine-tuned SVD UNet and a pose encoder
+(model/controlnext.py). "controlnext" fetches them from the hub: vae/, image_encoder/ and unet/config.json of
+stabilityai/stable-video-diffusion-img2vid-xt-1-1 (gated: accept its licence), and the two safetensors files of
+Kijai/ControlNeXt-SVD-V2-Comfy (always float16; the original release ships pickles, never loaded here).
+A local folder (or a hub repo) holds the official SVD layout with the fine-tuned UNet, plus controlnet/:
+
+    unet/config.json            unet/diffusion_pytorch_model.fp16.safetensors        the fine-tuned UNet
+    vae/config.json             vae/diffusion_pytorch_model.fp16.safetensors
+    image_encoder/config.json   image_encoder/model.fp16.safetensors
+    controlnet/config.json      controlnet/diffusion_pytorch_model.fp16.safetensors  the pose encoder
+
+(".fp16" for variant "fp16"; without it for variant None). controlnet/config.json holds PoseEncoderConfig's
+fields; those left out take the release's values, and unet_channels the UNet's block_out_channels[0].
+"""
+import json
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import PoseEncoder, PoseEncoderConfig
+from model.edm import denoise, euler_step, karras_sigmas, precondition
+from photos import model_input
+from sample import added_time_ids, clip_embedding, decode, image_latents
+from svd import SVDPipeline, to_model_input
+from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd
+
+BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
+RELEASE_REPO = "Kijai/ControlNeXt-SVD-V2-Comfy"
+RELEASE_UNET = "controlnext-svd_v2-unet-fp16.safetensors"
+RELEASE_POSE_ENCODER = "controlnext-svd_v2-controlnet-fp16.safetensors"
+# The release's pipeline hard-codes its added time ids to [fps - 1, motion bucket, augmentation] = [6, 128, 0.02]
+FPS, MOTION_BUCKET, NOISE_AUG = 7, 128, 0.02
+WINDOW, OVERLAP = 24, 6  # frames denoised together, and shared by neighbouring windows (the official run's)
+
+
+# ---------------------------------------------------------------- weights
+def load_controlnext(source="controlnext", variant="fp16", dtype=torch.float32, device="cpu"):
+    """(weights.SVD holding the fine-tuned UNet, PoseEncoder) from "controlnext" (the release on the hub) or a folder
+    or hub repo in the layout above. Every key and shape is checked; any problem is a one-line WeightsError."""
+    source = str(source)
+    if source == "controlnext":
+        vae, image_encoder = (load_network(BASE_REPO, f, variant, dtype, device) for f in ("vae", "image_encoder"))
+        unet = load_checked(build_network(BASE_REPO, "unet"), fetch(RELEASE_REPO, RELEASE_UNET), dtype, device)
+        networks = SVD(vae=vae, unet=unet, image_encoder=image_encoder, source=source)
+        config, pose_file = None, fetch(RELEASE_REPO, RELEASE_POSE_ENCODER)
+    else:
+        networks = load_svd(source, variant, dtype, device)
+        config = fetch(source, "controlnet/config.json")
+        pose_file = fetch(source, f"controlnet/diffusion_pytorch_model{'.' + variant if variant else ''}.safetensors")
+    unet_channels = networks.unet.config.block_out_channels[0]
+    pose_encoder = load_checked(pose_encoder_on_meta(config, unet_channels), pose_file, dtype, device)
+    if pose_encoder.config.unet_channels != unet_channels:
+        raise WeightsError(f"{config}: unet_channels {pose_encoder.config.unet_channels} is not the UNet's "
+                           f"block_out_channels[0] = {unet_channels}")
+    return networks, pose_encoder
+
+
+def pose_encoder_on_meta(path, unet_channels):
+    """A PoseEncoder on the meta device from a controlnet/config.json, or the release's when path is None."""
+    try:
+        d = json.loads(path.read_text()) if path else {}
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON object is expected, not a {type(d).__name__}")
+        d.setdefault("unet_channels", unet_channels)
+        with torch.device("meta"):
+            return PoseEncoder(PoseEncoderConfig.from_json_dict(d))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError, ZeroDivisionError, IndexError) as e:
+        raise WeightsError(f"{path}: no PoseEncoder can be built from it ({e})") from None
+
+
+# ---------------------------------------------------------------- sampling
+def fit_poses(poses, size):
+    """Pose frames (F,3,h,w) in [0,1] at the frame size `size`: resized (bicubic, antialiased, clamped) if needed."""
+    if tuple(poses.shape[-2:]) == tuple(size):
+        return poses
+    return F.interpolate(poses, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def pose_control(pose_encoder, poses, sigma, dtype):
+    """The pose encoder's features (F,C,h',w') of poses (F,3,H,W) in [0,1], at the UNet's c_noise = ln(sigma) / 4."""
+    param = next(pose_encoder.parameters())
+    return pose_encoder(poses.to(param), precondition(sigma)[3].to(param.device)).to(dtype)
+
+
+def windows(num_frames, window, overlap):
+    """(window length, first frame of each window): a window every window - overlap frames, the last one moved back
+    to end at the last frame, as the release slides them. A clip shorter than a window is one window."""
+    if overlap < 1:
+        raise ValueError(f"overlap must be at least 1 frame, got {overlap}")  # else a window's frame 0 has no average
+    window = min(window, num_frames)
+    overlap = min(overlap, window - 1)
+    return window, [min(s, num_frames - window) for s in range(0, num_frames - overlap, window - overlap)]
+
+
+def guided_denoise(unet, x, sigma, cond, control, guidance):
+    """D = D_uncond + w (D_cond - D_uncond), both branches in one batch. The unconditional branch has zero image
+    latents, a zero CLIP embedding and the control weighted 0, as the release runs classifier-free guidance."""
+    latents, embeds, time_ids = cond
+    both = (torch.cat([torch.zeros_like(latents), latents]), torch.cat([torch.zeros_like(embeds), embeds]),
+            time_ids.repeat(2, 1))
+    D_uncond, D_cond = denoise(unet, x.to(latents.dtype).repeat(2, 1, 1, 1, 1), sigma, *both,
+                               control=control.repeat(2, 1, 1, 1), control_scale=torch.tensor([0.0, 1.0]))[0].chunk(2)
+    return D_uncond + guidance * (D_cond - D_uncond)
+
+
+def sample_windows(unet, pose_encoder, x, sigmas, cond, poses, guidance, window, overlap, progress=False):
+    """EDM Algorithm 1 (Euler, no churn) over sliding windows of frames. At each step every window is denoised with
+    guidance and stepped on its own, and each frame becomes the mean of its stepped copies; a window that does not
+    start at frame 0 leaves its first frame out of the mean. Every window's first pose is the reference pose, poses[0].
+    x (1,F,4,h,w) at sigmas[0], float32 or wider; cond = (image latents (1,window,4,h,w), CLIP embedding, time ids)."""
+    num_frames = x.shape[1]
+    window, starts = windows(num_frames, window, overlap)
+    steps = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
+    for sigma, sigma_next in tqdm(steps, desc="denoising", disable=not progress):
+        total, count = torch.zeros_like(x), x.new_zeros(1, num_frames, 1, 1, 1)
+        for s in starts:
+            control = pose_control(pose_encoder, torch.cat([poses[:1], poses[s + 1:s + window]]), sigma, cond[0].dtype)
+            x_s = x[:, s:s + window]
+            x_s = euler_step(x_s, guided_denoise(unet, x_s, sigma, cond, control, guidance), sigma, sigma_next)
+            first = int(s > 0)  # the frame this window shares with the reference pose is not averaged
+            total[:, s + first:s + window] += x_s[:, first:]
+            count[:, s + first:s + window] += 1
+        x = total / count
+    return x
+
+
+def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guidance=3.0, window=WINDOW,
+                         overlap=OVERLAP, decode_chunk_size=2, seed=None, noise=None, clip_image=None,
+                         return_latents=False, progress=False):
+    """Image (3,H,W) in [-1,1] at model resolution and poses (F,3,H,W) in [0,1], poses[0] the image's own pose ->
+    frames (F,3,H,W) in [-1,1], or with return_latents the final latents (F,4,H/8,W/8), as the release's pipeline
+    makes them: SVD's conditioning with noise augmentation 0.02, time ids [6, 128, 0.02], Karras sigmas, constant
+    guidance over sliding windows (sample_windows), decoding decode_chunk_size frames at a time.
+
+    noise is the unit-variance initial noise (F,4,H/8,W/8); otherwise it is drawn after the augmentation noise from
+    a CPU generator seeded with `seed` (random when None), as sample.generate draws them. clip_image (3,H0,W0) in
+    [-1,1] is the photo at its own size for the CLIP path (default: image)."""
+    if image.shape[-2] % 8 or image.shape[-1] % 8:
+        raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
+    unet, vae = networks.unet, networks.vae
+    param, vae_dtype = next(unet.parameters()), next(vae.parameters()).dtype
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    aug_noise = torch.randn(1, *image.shape, generator=generator)
+    image, aug_noise = image[None].to(param.device), aug_noise.to(param.device)  # (1, 3, H, W)
+    with torch.no_grad():
+        clip_input = image if clip_image is None else clip_image[None].to(param.device)
+        embeds = clip_embedding(networks.image_encoder, clip_input).to(param.dtype)
+        if vae_dtype == torch.float16 and vae.config.force_upcast:
+            vae.float()  # as sample.generate: a float16 VAE marked force_upcast encodes in float32
+        try:
+            latents = image_latents(vae, image, NOISE_AUG, aug_noise).to(param.dtype)  # (1, 4, h, w)
+        finally:
+            vae.to(vae_dtype)
+        if noise is None:
+            noise = torch.randn(len(poses), *latents.shape[1:], generator=generator)
+        if noise.shape != (len(poses), *latents.shape[1:]):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(len(poses), *latents.shape[1:])}")
+        sigmas = karras_sigmas(steps)
+        wide = torch.promote_types(param.dtype, torch.float32)  # the steps and averages in float32 or wider
+        x = noise[None].to(param.device, wide) * (sigmas[0].item() ** 2 + 1) ** 0.5  # (1, F, 4, h, w)
+        latents = latents[:, None].expand(-1, min(window, len(poses)), -1, -1, -1)  # (1, window, 4, h, w)
+        cond = (latents, embeds, added_time_ids(FPS, MOTION_BUCKET, NOISE_AUG).to(param))
+        poses = fit_poses(poses.to(param.device, wide), image.shape[-2:])
+        x = sample_windows(unet, pose_encoder, x, sigmas, cond, poses, guidance, window, overlap, progress)[0]
+        if return_latents:
+            return x
+        return decode(vae, x, decode_chunk_size).clamp(-1, 1)
+
+
+# ---------------------------------------------------------------- the attack's view
+class ControlNeXtPipeline(SVDPipeline):
+    """ControlNeXt-SVD-v2 as the pieces of Algorithm 1 (svd.py), in expectation over pose sequences: each draw d
+    is (the augmentation noise, the index of one of `pose_sequences`, (F,3,H,W) in [0,1], each starting with the
+    photo's pose). The release's settings: time ids [6, 128, 0.02], guidance 3, windows of 24 frames overlapping
+    by 6, decoding 2 frames at a time; P and video follow pose sequence 0."""
+
+    def __init__(self, networks, pose_encoder, pose_sequences):
+        super().__init__(networks, fps=FPS, motion_bucket_id=MOTION_BUCKET, noise_aug=NOISE_AUG)
+        if not pose_sequences:
+            raise ValueError("ControlNeXtPipeline needs at least one pose sequence")
+        self.pose_encoder, self.pose_sequences = pose_encoder, list(pose_sequences)
+
+    @property
+    def num_frames(self):
+        """One window of the release's sampler, or the shortest pose sequence if shorter."""
+        return min(WINDOW, *(len(poses) for poses in self.pose_sequences))
+
+    def poses(self, index, num_frames):
+        poses = self.pose_sequences[index]
+        if len(poses) < num_frames:
+            raise ValueError(f"pose sequence {index} has {len(poses)} frames, {num_frames} are needed")
+        return poses[:num_frames]
+
+    def P(self, I, *, size, num_frames, steps, seed, progress=False):
+        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo through the differentiable resize."""
+        return generate_controlnext(self.networks, self.pose_encoder, to_model_input(I, size)[0],
+                                    self.poses(0, num_frames), steps=steps, seed=seed, clip_image=I[0] * 2 - 1,
+                                    progress=progress)
+
+    def video(self, rgb8, *, size, num_frames, steps, seed, progress=False):
+        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (Lanczos resize)."""
+        return generate_controlnext(self.networks, self.pose_encoder, model_input(rgb8, size),
+                                    self.poses(0, num_frames), steps=steps, seed=seed,
+                                    clip_image=rgb8.float() / 127.5 - 1, progress=progress)
+
+    def draw(self, generator, size):
+        """The pipeline's randomness for one iteration: its augmentation noise (1,3,H,W), drawn as SVDPipeline draws
+        it, then the index of a pose sequence, uniform (the expectation over conditions)."""
+        return super().draw(generator, size), int(torch.randint(len(self.pose_sequences), (), generator=generator))
+
+    def E(self, I, d, size):
+        return super().E(I, d[0], size)
+
+    def G(self, X_t, sigma, x, c, d, attn_maps=(), maps_only=False):
+        """SVDPipeline.G with the control of the drawn pose sequence's first F frames (at the decoded frame size)."""
+        unet, vae = self.networks.unet, self.networks.vae
+        dtype = next(unet.parameters()).dtype
+        frames, factor = X_t.shape[1], 2 ** (len(vae.config.block_out_channels) - 1)  # latent -> frame size
+        poses = fit_poses(self.poses(d[1], frames).to(X_t.device, torch.float32),
+                          (X_t.shape[-2] * factor, X_t.shape[-1] * factor))
+        control = pose_control(self.pose_encoder, poses, sigma, dtype)  # (F, C, h', w')
+        latents = x.to(dtype)[:, None].expand(-1, frames, -1, -1, -1)  # (1, F, 4, h, w)
+        time_ids = added_time_ids(self.fps, self.motion_bucket_id, self.noise_aug).to(X_t.device, dtype)  # (1, 3)
+        return denoise(unet, X_t.to(dtype), sigma, latents, c.to(dtype), time_ids, attn_maps, maps_only,
+                       control=control)

@@ -1,0 +1,192 @@
+"""controlnext.py (controlnext.md): the sliding-window sampler equals the release's loop written out here from the
+facts (windows, constant guidance with the control off in the unconditional half, a separate Euler step per window,
+per-frame averages); a folder in the documented layout loads strictly and gives the same video as the networks it
+was written from, and a wrong key or shape is a one-line WeightsError naming it; ControlNeXtPipeline draws as
+SVDPipeline does plus a pose sequence, and its G is the controlled denoiser. Tiny random networks, no downloads."""
+import json
+import math
+import shutil
+import warnings
+from dataclasses import asdict
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import sample
+from controlnext import ControlNeXtPipeline, generate_controlnext, load_controlnext
+from model import PoseEncoder, PoseEncoderConfig
+from model.edm import denoise, karras_sigmas
+from oracles import max_abs_diff
+from svd import SVDPipeline
+from weights import WeightsError, tiny_svd
+
+H, W = 64, 64
+# the stem is fixed (3 -> 64 -> 128 channels); the rest small, its output as wide as tiny_svd's first UNet level
+TINY_POSE = PoseEncoderConfig(time_embed_dim=32, in_channels=(128, 32), out_channels=(32, 32), groups=(4, 8),
+                              unet_channels=32)
+# the documented local layout: folder -> (class name in its config.json, weights file stem)
+LAYOUT = {"unet": ("UNetSpatioTemporalConditionModel", "diffusion_pytorch_model"),
+          "vae": ("AutoencoderKLTemporalDecoder", "diffusion_pytorch_model"),
+          "image_encoder": ("CLIPVisionModelWithProjection", "model"),
+          "controlnet": ("ControlNeXtSDVModel", "diffusion_pytorch_model")}
+
+
+@pytest.fixture(scope="module")
+def networks():
+    """tiny_svd and a tiny pose encoder in float64: random untrained networks are ill-conditioned (a 1e-7 change of
+    the initial noise moves their float32 video by 1e-3), so parity with the written-out loop is checked in float64."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        svd = tiny_svd(seed=0, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        pose_encoder = PoseEncoder(TINY_POSE).double().eval().requires_grad_(False)
+    return svd, pose_encoder
+
+
+def photo_and_poses(frames, seed=0, size=(H, W)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, *size, generator=g) * 2 - 1, torch.rand(frames, 3, *size, generator=g)
+
+
+def reference_video(svd, pose_encoder, image, poses, *, seed, steps, guidance, window, overlap):
+    """The release's sampler as controlnext.md states it, written out with plain loops."""
+    num_frames = len(poses)
+    g = torch.Generator().manual_seed(seed)
+    aug_noise = torch.randn(1, 3, H, W, generator=g)  # the pipeline's draws: augmentation noise, then initial noise
+    noise = torch.randn(num_frames, 4, H // 8, W // 8, generator=g)
+    embeds = sample.clip_embedding(svd.image_encoder, image[None])  # (1, 1, D)
+    latents = sample.image_latents(svd.vae, image[None], 0.02, aug_noise)  # (1, 4, h, w), unscaled
+    time_ids = torch.tensor([[6.0, 128.0, 0.02]], dtype=torch.float64)
+    cond = (latents[:, None].repeat(1, window, 1, 1, 1), embeds, time_ids)
+    uncond = (torch.zeros_like(cond[0]), torch.zeros_like(embeds), cond[2])
+    starts, s = [], 0  # a window every window - overlap frames, the last one aligned to the end
+    while s < num_frames - overlap:
+        starts.append(min(s, num_frames - window))
+        s += window - overlap
+    sigmas = karras_sigmas(steps).tolist()
+    x = noise.double() * (sigmas[0] ** 2 + 1) ** 0.5
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        total, count = torch.zeros_like(x), torch.zeros(num_frames, dtype=torch.float64)
+        for k, s in enumerate(starts):
+            pose = poses[s:s + window].clone()
+            pose[0] = poses[0]  # each window's first pose is the reference image's
+            control = pose_encoder(pose.double(), torch.tensor(math.log(sigma) / 4))
+            x_w = x[s:s + window][None]
+            D_u = denoise(svd.unet, x_w, sigma, *uncond, control=control, control_scale=0.0)[0]
+            D_c = denoise(svd.unet, x_w, sigma, *cond, control=control, control_scale=1.0)[0]
+            w = torch.linspace(guidance, guidance, window).view(1, -1, 1, 1, 1)
+            D = D_u + w * (D_c - D_u)
+            stepped = (x_w + (x_w - D) / sigma * (sigma_next - sigma))[0]  # Euler
+            for i in range(window):
+                if k > 0 and i == 0:  # a window after the first drops its frame 0
+                    continue
+                total[s + i] += stepped[i]
+                count[s + i] += 1
+        x = total / count.view(-1, 1, 1, 1)
+    z = x / svd.vae.config.scaling_factor
+    frames = torch.cat([svd.vae.decode(chunk, num_frames=len(chunk)) for chunk in z.split(2)]).float()
+    return x, frames.clamp(-1, 1), starts
+
+
+@torch.no_grad()
+def test_sliding_window_sampler_matches_written_out_loop(networks):
+    svd, pose_encoder = networks
+    image, poses = photo_and_poses(7)
+    settings = dict(steps=3, guidance=2.5, window=4, overlap=2)
+    ref_latents, ref_frames, starts = reference_video(svd, pose_encoder, image, poses, seed=3, **settings)
+    assert starts == [0, 2, 3]
+    latents = generate_controlnext(svd, pose_encoder, image, poses, seed=3, return_latents=True, **settings)
+    frames = generate_controlnext(svd, pose_encoder, image, poses, seed=3, **settings)
+    assert max_abs_diff("controlnext final latents, 7 frames, windows 4/2", latents, ref_latents) <= 1e-5
+    assert max_abs_diff("controlnext frames, 7 frames, windows 4/2", frames, ref_frames) <= 1e-5
+    assert frames.shape == (7, 3, H, W)
+    other = poses.clone()
+    other[5] = 1 - other[5]
+    changed = generate_controlnext(svd, pose_encoder, image, other, seed=3, return_latents=True, **settings)
+    assert (changed - latents).abs().max() > 1e-3  # the poses steer the video
+
+
+def write_folder(root, svd, pose_encoder):
+    """The documented local layout, variant None (*.safetensors)."""
+    for folder, (class_name, stem) in LAYOUT.items():
+        module = pose_encoder if folder == "controlnet" else getattr(svd, folder)
+        (root / folder).mkdir(parents=True)
+        (root / folder / "config.json").write_text(json.dumps({"_class_name": class_name, **asdict(module.config)}))
+        save_file({k: v.clone() for k, v in module.state_dict().items()}, root / folder / f"{stem}.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, networks):
+    return write_folder(tmp_path_factory.mktemp("controlnext"), *networks)
+
+
+@torch.no_grad()
+def test_local_folder_loads_strictly_and_gives_the_same_video(folder, networks):
+    svd, pose_encoder = networks
+    loaded, loaded_pose_encoder = load_controlnext(folder, variant=None, dtype=torch.float64)
+    assert loaded.source == str(folder) and loaded_pose_encoder.config == TINY_POSE
+    for a, b in [(loaded.unet, svd.unet), (loaded.vae, svd.vae), (loaded.image_encoder, svd.image_encoder),
+                 (loaded_pose_encoder, pose_encoder)]:
+        loaded_state = a.state_dict()
+        assert all(torch.equal(loaded_state[k], v) for k, v in b.state_dict().items())
+    image, poses = photo_and_poses(3, seed=1)
+    out = generate_controlnext(loaded, loaded_pose_encoder, image, poses, steps=2, seed=0, return_latents=True)
+    ref = generate_controlnext(svd, pose_encoder, image, poses, steps=2, seed=0, return_latents=True)
+    assert max_abs_diff("controlnext from a folder vs in memory", out, ref) <= 1e-9  # equal weights (float64)
+
+
+@pytest.mark.parametrize("case", ["renamed key", "wrong shape"])
+def test_wrong_key_or_shape_is_one_line_naming_it(tmp_path, folder, case):
+    root = shutil.copytree(folder, tmp_path / "broken")
+    if case == "renamed key":
+        path = root / "controlnet" / "diffusion_pytorch_model.safetensors"
+        state = load_file(path)
+        state["mid_convs.1.kernel"] = state.pop("mid_convs.1.weight")
+        named = ["mid_convs.1.kernel", "mid_convs.1.weight"]
+    else:
+        path = root / "unet" / "diffusion_pytorch_model.safetensors"
+        state = load_file(path)
+        state["conv_in.weight"] = state["conv_in.weight"][:, :4].contiguous()
+        named = ["conv_in.weight", "shape"]
+    save_file(state, path)
+    with pytest.raises(WeightsError) as e:
+        load_controlnext(root, variant=None)
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message and all(n in message for n in named), message
+
+
+def test_pipeline_draws_and_controlled_denoiser(networks):
+    svd, pose_encoder = networks
+    sequences = [photo_and_poses(4, seed=10 + i)[1] for i in range(3)]
+    pipe, plain = ControlNeXtPipeline(svd, pose_encoder, sequences), SVDPipeline(svd)
+    size = (H, W)
+    d = pipe.draw(torch.Generator().manual_seed(5), size)
+    assert torch.equal(d[0], plain.draw(torch.Generator().manual_seed(5), size))
+    g = torch.Generator().manual_seed(0)
+    assert {pipe.draw(g, size)[1] for _ in range(30)} == {0, 1, 2}
+    assert pipe.num_frames == 4
+
+    I = (photo_and_poses(1, seed=2)[0][None] + 1) / 2  # (1, 3, H, W) in [0, 1]
+    x, c = pipe.E(I, d, size), pipe.embed(I).requires_grad_()
+    assert torch.equal(x, plain.E(I, d[0], size))
+    X_t = torch.randn(1, 4, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(1)) * 2
+    sigma = 2.0
+    out, _ = pipe.G(X_t, sigma, x, c, (d[0], 1))
+    with torch.no_grad():  # the denoiser with sequence 1's control and the release's time ids, written out
+        control = pose_encoder(sequences[1].double(), torch.tensor(math.log(sigma) / 4))
+        ref, _ = denoise(svd.unet, X_t.double(), sigma, x[:, None].expand(-1, 4, -1, -1, -1), c,
+                         torch.tensor([[6.0, 128.0, 0.02]], dtype=torch.float64), control=control)
+        uncontrolled, _ = plain.G(X_t, sigma, x, c, d[0])
+        other, _ = pipe.G(X_t, sigma, x, c, (d[0], 2))
+    assert max_abs_diff("ControlNeXtPipeline.G vs written-out controlled denoiser", out, ref) <= 1e-6
+    assert (out - uncontrolled).abs().max() > 1e-3 and (out - other).abs().max() > 1e-3
+    out.sum().backward()
+    assert c.grad.abs().sum() > 0  # the attack's gradient reaches the photo's embedding
+
+    with torch.no_grad():
+        V = pipe.P(I, size=size, num_frames=4, steps=2, seed=0)
+        V_ref = generate_controlnext(svd, pose_encoder, I[0] * 2 - 1, sequences[0], steps=2, seed=0)
+    assert V.shape == (4, 3, H, W) and torch.equal(V, V_ref)
