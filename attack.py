@@ -31,12 +31,13 @@ from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
                  default_dtype, default_low_memory, fail, integer, json_bytes, model_size, number, one_line,
-                 parse_device, refuse_clashes, variant, weights_hint, write_files)
+                 parse_device, pose_conditioned, refuse_clashes, variant, weights_hint, write_files)
 from figures import attention_figure, temporal_maps
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from metrics import psnr, ssim
 from photos import model_input, png_bytes, read_mask, read_photo, to_images, video_bytes
 from pipelines import MODEL_HELP, load_pipeline
+from poses import read_poses
 from shard import join, parse_shard
 from transforms import differentiable, draw_eot, parse_eot
 from weights import DEFAULT_MODEL, WeightsError
@@ -387,6 +388,10 @@ def main(argv=None):
                    help="expectation over transformations: comma-separated kinds from jpeg,resize,blur,noise; "
                         "each iteration attacks the photo after one of them (or none), drawn at random "
                         "(transforms.py), so that the protection survives them")
+    p.add_argument("--pose", metavar="POSES",
+                   help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
+                        "name) or an animated GIF/WebP; default: the generic sequences of poses.py, one drawn per "
+                        "iteration (expectation over conditions)")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
                    help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
                         "attacked (default: the model's own choice, see README: Attention maps)")
@@ -432,13 +437,24 @@ def main(argv=None):
     refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
                    inputs)
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
+    poses = None
+    if args.pose:
+        if not pose_conditioned(args.model):
+            fail(f"--pose: {args.model} is not a pose-conditioned model (--model controlnext is)")
+        try:
+            poses = [read_poses(args.pose, args.height, args.width)]
+        except ValueError as e:
+            fail(f"--pose: {e}")
     worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
     try:
-        model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant)
+        model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses,
+                              size=(args.height, args.width), num_frames=args.frames)
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     args.frames = args.frames or model.num_frames
+    if poses is not None and args.frames > len(poses[0]):
+        fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
     if args.low_memory is None:
         args.low_memory = default_low_memory(device)
     model.low_memory(args.low_memory)

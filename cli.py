@@ -127,7 +127,7 @@ def default_dtype(device):
 
 def weights_hint(model):
     """What to add to a weights error for a hub model: how to try the tools without its weights."""
-    if model in ("tiny", "toy") or Path(model).is_dir():
+    if model in ("tiny", "toy", "tiny-controlnext") or Path(model).is_dir():
         return ""
     return ("; to try the tools without it: --model toy (a small trained model that runs on a CPU) "
             "or --model tiny (untrained, for tests)")
@@ -211,13 +211,23 @@ def json_bytes(value):
     return json.dumps(strict(value), indent=1, allow_nan=False).encode()
 
 
+def pose_conditioned(model):
+    """Whether a --model name is ControlNeXt-SVD-v2 (the release, a folder with controlnet/, or the tiny one),
+    which follows a pose sequence (--pose)."""
+    return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").is_file()
+
+
 def model_size(height, width, model):
-    """--height/--width: the reference pipeline's 576x1024 unless given; the toy's training size (its VAE
-    config's sample_size); 128x128 for the tiny smoke-test model."""
+    """--height/--width: the reference pipeline's 576x1024 unless given; ControlNeXt's portrait 1024x576; the
+    toy's training size (its VAE config's sample_size); 128x128 for the tiny smoke-test models."""
     if model == "toy":
         default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
+    elif model in ("tiny", "tiny-controlnext"):
+        default = (128, 128)
+    elif pose_conditioned(model):
+        default = (1024, 576)
     else:
-        default = (128, 128) if model == "tiny" else (576, 1024)
+        default = (576, 1024)
     height, width = height or default[0], width or default[1]
     if height <= 0 or width <= 0 or height % 8 or width % 8:
         fail(f"--height and --width must be positive multiples of 8, got {height}x{width}")

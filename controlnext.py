@@ -20,6 +20,8 @@ A local folder (or a hub repo) holds the official SVD layout with the fine-tuned
 fields; those left out take the release's values, and unet_channels the UNet's block_out_channels[0].
 """
 import json
+import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from model.edm import denoise, euler_step, karras_sigmas, precondition
 from photos import model_input
 from sample import added_time_ids, clip_embedding, decode, image_latents
 from svd import SVDPipeline, to_model_input
-from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd
+from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
 BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
 RELEASE_REPO = "Kijai/ControlNeXt-SVD-V2-Comfy"
@@ -39,6 +41,9 @@ RELEASE_POSE_ENCODER = "controlnext-svd_v2-controlnet-fp16.safetensors"
 # The release's pipeline hard-codes its added time ids to [fps - 1, motion bucket, augmentation] = [6, 128, 0.02]
 FPS, MOTION_BUCKET, NOISE_AUG = 7, 128, 0.02
 WINDOW, OVERLAP = 24, 6  # frames denoised together, and shared by neighbouring windows (the official run's)
+# A small pose encoder for tiny_svd's UNet (32 channels at its first level); the stem's widths are fixed by the release
+TINY_POSE_ENCODER = PoseEncoderConfig(time_embed_dim=32, in_channels=(128, 32), out_channels=(32, 32), groups=(4, 8),
+                                      unet_channels=32)
 
 
 # ---------------------------------------------------------------- weights
@@ -61,6 +66,26 @@ def load_controlnext(source="controlnext", variant="fp16", dtype=torch.float32, 
         raise WeightsError(f"{config}: unet_channels {pose_encoder.config.unet_channels} is not the UNet's "
                            f"block_out_channels[0] = {unet_channels}")
     return networks, pose_encoder
+
+
+def load_by_name(name, variant="fp16", dtype=torch.float32, device="cpu"):
+    """The networks for a --model name: "tiny-controlnext" (random, said loudly on stderr) or load_controlnext's."""
+    if name != "tiny-controlnext":
+        return load_controlnext(name, variant, dtype, device)
+    print("WARNING: --model tiny-controlnext is UNTRAINED, with random weights: its videos are noise, for smoke "
+          "tests only.", file=sys.stderr)
+    with warnings.catch_warnings():  # tiny_svd's own warning, said louder above
+        warnings.simplefilter("ignore")
+        return tiny_controlnext(0, dtype, device)
+
+
+def tiny_controlnext(seed=0, dtype=torch.float32, device="cpu"):
+    """tiny_svd and a small pose encoder: seeded RANDOM networks with the release's structure, for tests only."""
+    networks = tiny_svd(seed, dtype, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        pose_encoder = PoseEncoder(TINY_POSE_ENCODER)
+    return networks, pose_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def pose_encoder_on_meta(path, unet_channels):

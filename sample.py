@@ -18,8 +18,8 @@ from PIL import features
 from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
-                 default_dtype, default_low_memory, fail, integer, model_size, number, parse_device, refuse_clashes,
-                 variant, weights_hint, write_files)
+                 default_dtype, default_low_memory, fail, integer, model_size, number, parse_device, pose_conditioned,
+                 refuse_clashes, variant, weights_hint, write_files)
 from model.edm import denoise, euler_step, karras_sigmas
 from photos import encoded, model_input, read_photo, to_images, video_bytes
 from weights import DEFAULT_MODEL, TOY_MODEL, WeightsError, load_svd, tiny_svd
@@ -198,7 +198,11 @@ def main(argv=None):
                         "64x64, 8 frames) or 'tiny' (untrained, for tests)")
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
-    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames; "
+                   "with --pose, one per pose frame)")
+    p.add_argument("--pose", metavar="POSES", help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
+                   "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
+                   "default: the generic 'wave' sequence of poses.py")
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
                    help="denoising steps of the sampler")
     p.add_argument("--fps", type=integer(1, 1000), default=7, help="frame rate: conditioning (as fps - 1) and playback")
@@ -244,6 +248,10 @@ def main(argv=None):
         resized = load_image(image, (args.height, args.width))
     except ValueError as e:
         fail(f"{image}: {e}")
+    if pose_conditioned(args.model):
+        return sample_with_poses(args, device, dtype, photo, resized, out)
+    if args.pose:
+        fail(f"--pose: {args.model} is not a pose-conditioned model (--model controlnext is)")
     try:
         svd = load_model(args.model, device, dtype, args.variant)
     except WeightsError as e:
@@ -257,11 +265,41 @@ def main(argv=None):
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
                       decode_chunk_size=args.decode_chunk, seed=args.seed, progress=True, clip_image=photo,
                       low_memory=default_low_memory(device) if args.low_memory is None else args.low_memory)
+    write_video(frames, args, out, frame_files)
+
+
+def sample_with_poses(args, device, dtype, photo, resized, out):
+    """ControlNeXt-SVD-v2 (controlnext.py), with the release's settings: 25 steps unless --steps, guidance 3,
+    windows of 24 frames overlapping by 6, decoding 2 frames at a time. The other SVD flags do not apply."""
+    import controlnext  # builds on this module, so it is imported when used
+    import poses as pose_sequences
+    try:
+        poses = (pose_sequences.read_poses(args.pose, args.height, args.width) if args.pose else
+                 pose_sequences.generic_poses(args.frames or controlnext.WINDOW, args.height, args.width)["wave"])
+    except ValueError as e:
+        fail(f"--pose: {e}")
+    if args.frames:
+        if args.frames > len(poses):
+            fail(f"--pose {args.pose} has {len(poses)} frames, fewer than the {args.frames} of --frames")
+        poses = poses[:args.frames]
+    try:
+        networks, pose_encoder = controlnext.load_by_name(args.model, args.variant, dtype, device)
+    except WeightsError as e:
+        fail(f"{e}{weights_hint(args.model)}", FAILURE)
+    frame_files = frame_paths(args.frames_dir, len(poses)) if args.frames_dir else []
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], [Path(args.image)])
+    frames = controlnext.generate_controlnext(networks, pose_encoder, resized, poses, steps=args.steps,
+                                              seed=args.seed, clip_image=photo, progress=True)
+    write_video(frames, args, out, frame_files)
+
+
+def write_video(frames, args, out, frame_files):
+    """The video file and, with --frames-dir, every frame as a PNG, all or nothing."""
     images = to_images(frames)
     files = {out: video_bytes(images, args.fps, VIDEO_FORMATS[out.suffix.lower()])}
     files |= {path: encoded(im, "PNG") for path, im in zip(frame_files, images)}
     write_files(files)
-    print(f"wrote {out}" + (f" and {num_frames} frames to {args.frames_dir}" if args.frames_dir else ""),
+    print(f"wrote {out}" + (f" and {len(images)} frames to {args.frames_dir}" if args.frames_dir else ""),
           file=sys.stderr)
 
 

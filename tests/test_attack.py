@@ -1,5 +1,6 @@
-"""attack.py does what Algorithm 1 says on the tiny model: each loss term, alone, moves the intended
-way; the temporal term has a gradient; each ablation removes exactly its term; the saved photo keeps
+"""attack.py does what Algorithm 1 says on the tiny models: each loss term, alone, moves the intended way
+and the full loss falls, against SVD and against ControlNeXt (poses drawn per iteration); the temporal
+term has a gradient; each ablation removes exactly its term; the saved photo keeps
 the budget in 8 bits, the input's size, alpha and orientation, the mask, and is reproducible; the
 command line writes the photo and its report, and refuses bad input with a one-line error."""
 import json
@@ -15,6 +16,8 @@ import attack
 import figures
 from attack import TERMS, Objective, protect, selected_terms
 from losses import attention_distance, total_loss
+from controlnext import ControlNeXtPipeline, tiny_controlnext
+from poses import generic_poses
 from svd import SVDPipeline
 from weights import tiny_svd
 
@@ -22,9 +25,12 @@ SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 4, 4
 ROOT = attack.Path(attack.__file__).parent
 
 
-@pytest.fixture(scope="module")
-def svd():
-    return SVDPipeline(tiny_svd(0))
+@pytest.fixture(scope="module", params=["svd", "controlnext"])
+def model(request):
+    """The tiny SVD, and the tiny ControlNeXt following the generic pose sequences (one drawn per iteration)."""
+    if request.param == "svd":
+        return SVDPipeline(tiny_svd(0))
+    return ControlNeXtPipeline(*tiny_controlnext(0), list(generic_poses(FRAMES, *SIZE).values()))
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +40,9 @@ def I_src():
     return (smooth[0] + 0.05 * torch.rand(3, 72, 60, generator=g)).clamp(0, 1)
 
 
-def objective(svd, I_src, terms):
-    return Objective(svd, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=svd.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0)
+def objective(model, I_src, terms):
+    return Objective(model, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
+                     attn_blocks=model.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0)
 
 
 def mean_over_draws(obj, I, measure, n=8):
@@ -63,20 +69,20 @@ def att_distance(obj, I, draw):
     ("con", lambda o, I, d: o(I, d)["con"].item(), "down"),
     ("att", att_distance, "up"),
 ])
-def test_one_term_moves_the_intended_way(svd, I_src, term, measure, direction):
-    I_adv, history = protect(svd, I_src, terms=("img", term), steps=20, size=SIZE, num_frames=FRAMES,
+def test_one_term_moves_the_intended_way(model, I_src, term, measure, direction):
+    I_adv, history = protect(model, I_src, terms=("img", term), steps=20, size=SIZE, num_frames=FRAMES,
                              sample_steps=SAMPLE_STEPS, seed=0)
-    obj = objective(svd, I_src, ("img", term))
+    obj = objective(model, I_src, ("img", term))
     before, after = mean_over_draws(obj, I_src, measure), mean_over_draws(obj, I_adv, measure)
     print(f"\n{term}: {before:.6g} -> {after:.6g}")
     assert (after < before) if direction == "down" else (after > before)
     assert len(history["steps"]) == 20 and history["weights"][term] > 0
 
 
-def test_full_loss_decreases(svd, I_src):
-    I_adv, history = protect(svd, I_src, steps=10, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
+def test_full_loss_decreases(model, I_src):
+    I_adv, history = protect(model, I_src, steps=10, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
     w = history["weights"]
-    obj = objective(svd, I_src, TERMS)
+    obj = objective(model, I_src, TERMS)
     loss = lambda o, I, d: total_loss(o(I, d), w).item()
     # before: the photo itself (protect starts from a random point inside the budget)
     before, after = mean_over_draws(obj, I_src, loss), mean_over_draws(obj, I_adv, loss)
@@ -84,8 +90,8 @@ def test_full_loss_decreases(svd, I_src):
     assert after < before
 
 
-def test_temporal_loss_has_a_gradient(svd, I_src):
-    obj = objective(svd, I_src, ("img", "att"))
+def test_temporal_loss_has_a_gradient(model, I_src):
+    obj = objective(model, I_src, ("img", "att"))
     I_adv = (I_src + 4 / 255 * torch.randn(I_src.shape).sign()).clamp(0, 1)[None].requires_grad_()
     grad, = torch.autograd.grad(obj(I_adv, obj.draw(torch.Generator().manual_seed(0)))["att"], I_adv)
     assert grad.abs().sum() > 0
@@ -95,10 +101,10 @@ def test_temporal_loss_has_a_gradient(svd, I_src):
 def test_each_ablation_removes_exactly_its_term(I_src, flag, term):
     # float64: without L_att the UNet runs SDPA instead of explicit attention, an O(1e-7) difference in
     # float32 that the random tiny network amplifies; in float64 the two agree to O(1e-14).
-    svd = SVDPipeline(tiny_svd(0, dtype=torch.float64))
+    model = SVDPipeline(tiny_svd(0, dtype=torch.float64))
     terms = selected_terms(**{flag: True})
     assert set(TERMS) - set(terms) == {term}
-    full, ablated = objective(svd, I_src, TERMS), objective(svd, I_src, terms)
+    full, ablated = objective(model, I_src, TERMS), objective(model, I_src, terms)
     I_adv = (I_src + 4 / 255 * torch.randn(I_src.shape).sign()).clamp(0, 1)[None].requires_grad_()
     weights = {"img": 1.0, "enc": 2.0, "con": 3.0, "att": 5.0}
     draw = full.draw(torch.Generator().manual_seed(1))

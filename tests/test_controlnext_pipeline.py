@@ -9,22 +9,21 @@ import shutil
 import warnings
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import sample
-from controlnext import ControlNeXtPipeline, generate_controlnext, load_controlnext
-from model import PoseEncoder, PoseEncoderConfig
+from controlnext import TINY_POSE_ENCODER, ControlNeXtPipeline, generate_controlnext, load_controlnext
+from model import PoseEncoder
 from model.edm import denoise, karras_sigmas
 from oracles import max_abs_diff
 from svd import SVDPipeline
 from weights import WeightsError, tiny_svd
 
 H, W = 64, 64
-# the stem is fixed (3 -> 64 -> 128 channels); the rest small, its output as wide as tiny_svd's first UNet level
-TINY_POSE = PoseEncoderConfig(time_embed_dim=32, in_channels=(128, 32), out_channels=(32, 32), groups=(4, 8),
-                              unet_channels=32)
+TINY_POSE = TINY_POSE_ENCODER
 # the documented local layout: folder -> (class name in its config.json, weights file stem)
 LAYOUT = {"unet": ("UNetSpatioTemporalConditionModel", "diffusion_pytorch_model"),
           "vae": ("AutoencoderKLTemporalDecoder", "diffusion_pytorch_model"),
@@ -190,3 +189,30 @@ def test_pipeline_draws_and_controlled_denoiser(networks):
         V = pipe.P(I, size=size, num_frames=4, steps=2, seed=0)
         V_ref = generate_controlnext(svd, pose_encoder, I[0] * 2 - 1, sequences[0], steps=2, seed=0)
     assert V.shape == (4, 3, H, W) and torch.equal(V, V_ref)
+
+
+# ---------------------------------------------------------------- the commands
+def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
+    import attack
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray((rng.random((64, 48, 3)) * 255).astype(np.uint8)).save(photo)
+    frames = [Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)) for _ in range(5)]
+    frames[0].save(tmp_path / "poses.gif", save_all=True, append_images=frames[1:])
+    small = ["--height", "64", "--width", "64"]
+    sample.main(["--image", str(photo), "--out", str(tmp_path / "v.gif"), "--model", "tiny-controlnext",
+                 "--pose", str(tmp_path / "poses.gif"), "--steps", "2"] + small)
+    with Image.open(tmp_path / "v.gif") as video:
+        assert video.n_frames == 5 and video.size == (64, 64)  # one frame per pose frame
+    attack.main(["--image", str(photo), "--out", str(tmp_path / "g.png"), "--model", "tiny-controlnext", "--pose",
+                 str(tmp_path / "poses.gif"), "--frames", "4", "--steps", "2", "--sample-steps", "2"] + small)
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["settings"]["pose"] == str(tmp_path / "poses.gif") and report["untrained_model"]
+    capsys.readouterr()
+    for main, args in ((attack.main, ["--out", str(tmp_path / "h.png")]), (sample.main, ["--out", str(tmp_path / "w.gif")])):
+        with pytest.raises(SystemExit) as e:
+            main(["--image", str(photo), "--model", "tiny", "--pose", str(tmp_path / "poses.gif")] + args + small)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "not a pose-conditioned model" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.png", "photo.png", "poses.gif", "v.gif"]
