@@ -176,7 +176,7 @@ class DiffusersObjective:
 def worker(args):
     from attack import TERMS, Objective
     from svd import SVDPipeline, to_model_input
-    from sample import image_latents
+    from sample import added_time_ids, image_latents
     from losses import total_loss
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     spec = SIZES[args.size]
@@ -194,6 +194,7 @@ def worker(args):
                               attn_blocks=BLOCKS, sample_steps=25, seed=0, V_0=V_0)
         with torch.no_grad():  # the sampling-step benchmark's conditioning latents, clean as theirs
             objective.x_src = image_latents(svd.vae, to_model_input(I_src, size), 0.0, 0.0)
+            objective.time_ids = added_time_ids(7, 127, 0.02).to(device, dtype)  # the pipeline's defaults
         unet, denoise_guided = svd.unet, ours_sampling_step
         networks = (svd.unet, svd.vae, svd.image_encoder)
     else:

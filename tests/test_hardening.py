@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 import attack
 import evaluate
+import pipelines
 import sample
 import svd as svd_pipeline
 import weights
@@ -116,7 +117,7 @@ def test_nan_weights_fail_before_anything_is_written(photo, tmp_path, capsys, mo
         args = ["--image", photo, "--out", tmp_path / "v.gif"] + TINY
         assert "NaN" in refused(sample.main, args, tmp_path, capsys, 1)
     else:
-        monkeypatch.setattr(attack, "load_model", tiny_with_nan)
+        monkeypatch.setattr(pipelines, "load_model", tiny_with_nan)
         args = ["--image", photo, "--update", case, "--no-temporal", "--no-diffusion"] + ATTACK
         assert "not finite" in refused(attack.main, args, tmp_path, capsys, 1)
 

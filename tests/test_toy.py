@@ -12,7 +12,9 @@ from PIL import Image
 import attack
 from attack import protect, quantise
 from photos import read_photo
-from sample import generate, load_model, model_input
+from photos import model_input
+from sample import generate, load_model
+from svd import SVDPipeline
 from weights import TOY_MODEL, load_svd
 
 EXAMPLES = TOY_MODEL.parents[1] / "examples"
@@ -50,7 +52,7 @@ def test_i2vguard_moves_the_video_further_than_random_noise(toy, name):
     V_0 = video_of(toy, rgb8)
     psnr_to_V_0 = {}
     for method in ("i2vguard", "random-sign"):
-        I_adv, _ = protect(toy, rgb8.float() / 255, method=method, steps=STEPS, size=SIZE,
+        I_adv, _ = protect(SVDPipeline(toy), rgb8.float() / 255, method=method, steps=STEPS, size=SIZE,
                            sample_steps=SAMPLE_STEPS, seed=0)
         psnr_to_V_0[method] = mean_psnr(video_of(toy, quantise(rgb8, I_adv, 8 / 255, None)), V_0)
     print(f"\n{name}: video PSNR to V_0, " + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr_to_V_0.items()))
