@@ -30,7 +30,7 @@ from tqdm import tqdm
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, euler_step, karras_sigmas, precondition
 from photos import model_input
-from sample import added_time_ids, clip_embedding, decode, image_latents
+from sample import added_time_ids, decode, image_conditioning, seeded_generator
 from svd import SVDPipeline, to_model_input
 from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
@@ -171,23 +171,10 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
     unet, vae = networks.unet, networks.vae
-    param, vae_dtype = next(unet.parameters()), next(vae.parameters()).dtype
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    aug_noise = torch.randn(1, *image.shape, generator=generator)
-    image, aug_noise = image[None].to(param.device), aug_noise.to(param.device)  # (1, 3, H, W)
+    param = next(unet.parameters())
+    generator = seeded_generator(seed)
     with torch.no_grad():
-        clip_input = image if clip_image is None else clip_image[None].to(param.device)
-        embeds = clip_embedding(networks.image_encoder, clip_input).to(param.dtype)
-        if vae_dtype == torch.float16 and vae.config.force_upcast:
-            vae.float()  # as sample.generate: a float16 VAE marked force_upcast encodes in float32
-        try:
-            latents = image_latents(vae, image, NOISE_AUG, aug_noise).to(param.dtype)  # (1, 4, h, w)
-        finally:
-            vae.to(vae_dtype)
+        latents, embeds = image_conditioning(networks, image, clip_image, NOISE_AUG, generator)  # (1, 4, h, w), (1, 1, D)
         if noise is None:
             noise = torch.randn(len(poses), *latents.shape[1:], generator=generator)
         if noise.shape != (len(poses), *latents.shape[1:]):

@@ -115,6 +115,35 @@ def sample_euler(unet, x, sigmas, cond, guidance=None, progress=False, low_memor
     return x
 
 
+def seeded_generator(seed):
+    """The CPU generator of a pipeline run: seeded with `seed`, or at random when it is None."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def image_conditioning(svd, image, clip_image, noise_aug_strength, generator):
+    """The two image conditions of a pipeline run, as the reference makes them: (VAE latents (1,4,h,w) of the
+    noise-augmented image (3,H,W) in [-1,1], the augmentation noise drawn first from `generator`; the CLIP
+    embedding (1,1,D) of clip_image (3,H0,W0), default the image), in the UNet's dtype, on its device."""
+    param = next(svd.unet.parameters())
+    aug_noise = torch.randn(1, *image.shape, generator=generator)
+    image, aug_noise = image[None].to(param.device), aug_noise.to(param.device)  # (1, 3, H, W), float32
+    vae_dtype = next(svd.vae.parameters()).dtype
+    clip_input = image if clip_image is None else clip_image[None].to(param.device)
+    embeds = clip_embedding(svd.image_encoder, clip_input).to(param.dtype)
+    if vae_dtype == torch.float16 and svd.vae.config.force_upcast:
+        svd.vae.float()  # as the reference: a float16 VAE marked force_upcast encodes in float32
+    try:
+        latents = image_latents(svd.vae, image, noise_aug_strength, aug_noise).to(param.dtype)
+    finally:
+        svd.vae.to(vae_dtype)
+    return latents, embeds
+
+
 def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=127, noise_aug_strength=0.02,
              min_guidance=1.0, max_guidance=3.0, decode_chunk_size=None, noise=None, seed=None,
              return_latents=False, progress=False, clip_image=None, low_memory=False):
@@ -134,24 +163,9 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
     num_frames = num_frames or svd.unet.config.num_frames
     decode_chunk_size = decode_chunk_size or (2 if low_memory else num_frames)
     param = next(svd.unet.parameters())
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    aug_noise = torch.randn(1, *image.shape, generator=generator)
-    image, aug_noise = image[None].to(param.device), aug_noise.to(param.device)  # (1, 3, H, W), float32
-
-    vae_dtype = next(svd.vae.parameters()).dtype
+    generator = seeded_generator(seed)
     with torch.no_grad():
-        clip_input = image if clip_image is None else clip_image[None].to(param.device)
-        embeds = clip_embedding(svd.image_encoder, clip_input).to(param.dtype)
-        if vae_dtype == torch.float16 and svd.vae.config.force_upcast:
-            svd.vae.float()  # as the reference: a float16 VAE marked force_upcast encodes in float32
-        try:
-            latents = image_latents(svd.vae, image, noise_aug_strength, aug_noise).to(param.dtype)
-        finally:
-            svd.vae.to(vae_dtype)
+        latents, embeds = image_conditioning(svd, image, clip_image, noise_aug_strength, generator)
         latents = latents[:, None].repeat(1, num_frames, 1, 1, 1)  # (1, F, 4, h, w)
         time_ids = added_time_ids(fps, motion_bucket_id, noise_aug_strength).to(param)
 
