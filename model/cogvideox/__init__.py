@@ -1,0 +1,1 @@
+"""CogVideoX-5B-I2V networks (a DiT with text), written to load the official safetensors weights as they are."""
