@@ -129,29 +129,53 @@ def short_list(keys, n=5):
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def load_checked(model, path, dtype=torch.float32, device="cpu", ignored=IGNORED_KEYS):
-    """Fill a network built on the meta device from a safetensors file, checking every key and shape.
-    Keys starting with one of `ignored` (buffers or heads we do not use) may be in the file or not."""
+def load_checked(model, paths, dtype=torch.float32, device="cpu", ignored=IGNORED_KEYS):
+    """Fill a network built on the meta device from a safetensors file, or the shards of one (a list of
+    files), checking every key and shape. Keys starting with one of `ignored` (buffers or heads we do not use)
+    may be in the files or not."""
     name = type(model).__name__
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    where = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/ ({len(paths)} shards)"
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = {k for k in f.keys() if not k.startswith(ignored)}
-            missing, unexpected = expected.keys() - keys, keys - expected.keys()
-            if missing or unexpected:
-                problems = [f"missing keys: {short_list(missing)}"] * bool(missing)
-                problems += [f"unexpected keys: {short_list(unexpected)}"] * bool(unexpected)
-                raise WeightsError(f"{path} does not match {name}: " + "; ".join(problems))
-            for k in sorted(keys):  # tensor by tensor, so at most one extra copy is alive
-                shape = tuple(f.get_slice(k).get_shape())
-                if shape != expected[k]:
-                    raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
-                state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = {k for k in f.keys() if not k.startswith(ignored)}
+                for k in sorted(keys):  # tensor by tensor, so at most one extra copy is alive
+                    if k in state:
+                        raise WeightsError(f"{path}: {k} is also in another shard")
+                    if k not in expected:
+                        continue  # reported below with the others
+                    shape = tuple(f.get_slice(k).get_shape())
+                    if shape != expected[k]:
+                        raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
+                    state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
+                unexpected = keys - expected.keys()
+                if unexpected:
+                    raise WeightsError(f"{where} does not match {name}: unexpected keys: {short_list(unexpected)}")
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    missing = expected.keys() - state.keys()
+    if missing:
+        raise WeightsError(f"{where} does not match {name}: missing keys: {short_list(missing)}")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)  # frozen: the attack needs gradients for the image only
+
+
+def shard_files(source, index_relpath):
+    """The local paths of the shards a safetensors index json (e.g. transformer/diffusion_pytorch_model.safetensors
+    .index.json) names, each fetched: the release's large networks come in several files."""
+    path = fetch(source, index_relpath)
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors index ({type(e).__name__}: {e})") from None
+    if not files or any(not isinstance(f, str) or "/" in f or "\\" in f or f.startswith(".") for f in files):
+        raise WeightsError(f"{path}: its weight_map must name shard files beside it")
+    folder = index_relpath.rsplit("/", 1)[0] + "/" if "/" in index_relpath else ""
+    return [fetch(source, folder + f) for f in files]
 
 
 def load_network(source, folder, variant, dtype, device):

@@ -203,3 +203,37 @@ def test_tiny_svd_is_seeded():
         assert sa.keys() == sb.keys() == sc.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), f"tiny_svd(0) {name} differs between calls"
         assert any(not torch.equal(sa[k], sc[k]) for k in sa), f"tiny_svd(0) and tiny_svd(1) {name} equal"
+
+
+def test_sharded_weights_load_through_their_index(tmp_path):
+    """The large networks of the later models come as shards with an index json: every key checked across them."""
+    clip = CLIPImageEncoder(CLIPConfig(**TINY_CLIPS["gelu"]))
+    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    keys = sorted(state)
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(folder / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    def load():
+        with torch.device("meta"):
+            empty = CLIPImageEncoder(CLIPConfig(**TINY_CLIPS["gelu"]))
+        return weights.load_checked(empty, weights.shard_files(str(tmp_path), "encoder/model.safetensors.index.json"))
+
+    loaded = load()
+    assert all(torch.equal(loaded.state_dict()[k], state[k]) for k in keys)
+    save_file({keys[1]: state[keys[1]]}, str(folder / "model-00002-of-00002.safetensors"))  # a shard lost keys
+    with pytest.raises(WeightsError, match=r"\(2 shards\) does not match CLIPImageEncoder: missing keys"):
+        load()
+    save_file({keys[0]: state[keys[0]]}, str(folder / "model-00002-of-00002.safetensors"))  # a key twice
+    with pytest.raises(WeightsError, match=f"{keys[0]} is also in another shard"):
+        load()
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(WeightsError, match="missing file"):
+        load()
+    (folder / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(WeightsError, match="not a readable safetensors index"):
+        load()
