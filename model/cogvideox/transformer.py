@@ -2,7 +2,8 @@
 [text tokens | video patches]. Every block modulates a LayerNorm with the timestep (separate shift, scale and gate
 for text and video: the "expert" adaptive LayerNorm), attends over the whole sequence at once (q, k LayerNorm per
 head, 3D RoPE on the video tokens) and adds a gated feed-forward. There is no separate temporal attention: the
-frame-to-frame attention of the temporal attack lives inside the one joint softmax of `joint_attention`."""
+frame-to-frame attention of the temporal attack lives inside the one joint softmax of `joint_attention`, and
+`forward(..., attn_maps=names)` returns it per block as frame_attention.py defines it."""
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from ..config import JSONConfig
 from ..layers import TimestepEmbedding, maybe_checkpoint, sinusoidal_embedding
+from .frame_attention import frame_attention_map
 
 # config.json keys whose value this implementation is built for (the CogVideoX 1.0 layout); any other value,
 # a CogVideoX 1.5 config with patch_size_t and ofs_embed_dim say, is refused instead of built wrongly.
@@ -206,14 +208,17 @@ class JointAttention(nn.Module):
         """softmax(q k^T / sqrt(d)) v, one softmax over all text and video tokens: (B, heads, L, hd) each."""
         return F.scaled_dot_product_attention(q, k, v)
 
-    def forward(self, x, text_len, rope=None):
+    def forward(self, x, text_len, rope=None, frames=None):
+        """x (B, L, dim) -> (out (B, L, dim), A): A the temporal map (B, heads, F, F) of the video's `frames`
+        latent frames (frame_attention.py) from the q, k of this attention, or None when frames is None."""
         q, k, v = (rearrange(proj(x), "b l (h d) -> b h l d", h=self.heads)
                    for proj in (self.to_q, self.to_k, self.to_v))
         q, k = self.norm_q(q), self.norm_k(k)
         if rope is not None:
             q, k = (torch.cat([s[:, :, :text_len], apply_rotary(s[:, :, text_len:], *rope)], dim=2) for s in (q, k))
         out = self.joint_attention(q, k, v)
-        return self.to_out[0](rearrange(out, "b h l d -> b l (h d)"))
+        A = None if frames is None else frame_attention_map(q, k, text_len, frames)
+        return self.to_out[0](rearrange(out, "b h l d -> b l (h d)")), A
 
 
 class GELUProj(nn.Module):
@@ -246,14 +251,15 @@ class Block(nn.Module):
         self.norm2 = ExpertNorm(temb_dim, dim, eps)
         self.ff = FeedForward(dim)
 
-    def forward(self, video, text, temb, rope=None):
+    def forward(self, video, text, temb, rope=None, frames=None):
+        """-> (video, text, A): A the temporal attention map of attn1 for `frames` latent frames, or None."""
         n = text.shape[1]
         v, t, gate, text_gate = self.norm1(video, text, temb)
-        out = self.attn1(torch.cat([t, v], dim=1), n, rope)
+        out, A = self.attn1(torch.cat([t, v], dim=1), n, rope, frames)
         video, text = video + gate * out[:, n:], text + text_gate * out[:, :n]
         v, t, gate, text_gate = self.norm2(video, text, temb)
         out = self.ff(torch.cat([t, v], dim=1))
-        return video + gate * out[:, n:], text + text_gate * out[:, :n]
+        return video + gate * out[:, n:], text + text_gate * out[:, :n], A
 
 
 class CogVideoXTransformer(nn.Module):
@@ -280,18 +286,19 @@ class CogVideoXTransformer(nn.Module):
         return rotary_embedding(cfg.attention_head_dim, frames, height // p, width // p,
                                 cfg.sample_height // p, cfg.sample_width // p, device=device)
 
-    def forward(self, hidden_states, encoder_hidden_states, timestep, image_rotary_emb=None, attn_maps=()):
+    def forward(self, hidden_states, encoder_hidden_states, timestep, image_rotary_emb=None, attn_maps=(),
+                maps_only=False):
         """hidden_states (B,F,C,H,W) (noisy and image latents concatenated on C), encoder_hidden_states (B,226,4096),
         timestep (B,) or a scalar -> (sample (B,F,out_channels,H,W), maps).
 
         With use_rotary_positional_embeddings and image_rotary_emb None, the RoPE (cos, sin) is computed here
-        from the sizes, as the pipeline would. `maps` is {}: naming blocks in attn_maps raises NotImplementedError
-        until the maps are written (a later issue). With `self.checkpointing` set, each block is checkpointed."""
+        from the sizes, as the pipeline would. `maps` is {name: A (B, heads, F, F)} for the blocks named in
+        attn_maps ("transformer_blocks.{i}.attn1"), A the frame-to-frame share of the joint attention
+        (frame_attention.py); with maps_only the pass stops after the last of them and returns (None, maps).
+        With `self.checkpointing` set, each block is checkpointed."""
         unknown = set(attn_maps) - set(self.attention_names)
         if unknown:
             raise ValueError(f"no attention named {sorted(unknown)}; choose from {self.attention_names}")
-        if attn_maps:
-            raise NotImplementedError("attention maps of the CogVideoX transformer are not implemented yet")
         cfg, p = self.config, self.config.patch_size
         b, f, _, h, w = hidden_states.shape
         t = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(b)
@@ -303,8 +310,14 @@ class CogVideoXTransformer(nn.Module):
         tokens = self.patch_embed(encoder_hidden_states, hidden_states)  # (B, T + F*h*w, D)
         n = encoder_hidden_states.shape[1]
         text, video = tokens[:, :n], tokens[:, n:]
-        for block in self.transformer_blocks:
-            video, text = maybe_checkpoint(self.checkpointing, block, video, text, temb, image_rotary_emb)
+        maps = {}
+        for name, block in zip(self.attention_names, self.transformer_blocks):
+            frames = f if name in attn_maps else None
+            video, text, A = maybe_checkpoint(self.checkpointing, block, video, text, temb, image_rotary_emb, frames)
+            if A is not None:
+                maps[name] = A
+                if maps_only and len(maps) == len(set(attn_maps)):
+                    return None, maps
 
         out = self.proj_out(self.norm_out(self.norm_final(video), temb))  # (B, F*h*w, out*p*p)
-        return rearrange(out, "b (f h w) (c p q) -> b f c (h p) (w q)", f=f, h=h // p, p=p, q=p), {}
+        return rearrange(out, "b (f h w) (c p q) -> b f c (h p) (w q)", f=f, h=h // p, p=p, q=p), maps
