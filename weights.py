@@ -100,12 +100,11 @@ def hub_reachable(timeout=5):
     return True
 
 
-def build_network(source, folder):
-    """A component's network on the meta device, from its config.json, checked: the right class, every
-    value of its field's type, and a network that can be built from them. Anything else is a WeightsError
-    naming the file."""
-    network, config_class, class_name, _ = COMPONENTS[folder]
-    path = fetch(source, f"{folder}/config.json")
+def read_config(source, relpath, class_names, family="SVD's"):
+    """A config.json as (its path, a dict), checked to be a JSON object declaring one of class_names
+    (`_class_name`, or `architectures[0]` for transformers' files; neither: the first name is assumed);
+    anything else is a WeightsError naming the file."""
+    path = fetch(source, relpath)
     try:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -114,9 +113,18 @@ def build_network(source, folder):
         raise WeightsError(f"{path}: a config.json holds a JSON object, not a {type(d).__name__}")
     architectures = d.get("architectures")
     declared = d.get("_class_name") or (architectures[0] if isinstance(architectures, list) and architectures
-                                        else class_name)
-    if declared != class_name:
-        raise WeightsError(f"{path} describes a {declared!r}, not SVD's {class_name}")
+                                        else class_names[0])
+    if declared not in class_names:
+        raise WeightsError(f"{path} describes a {declared!r}, not {family} {' or '.join(class_names)}")
+    return path, d
+
+
+def build_network(source, folder):
+    """A component's network on the meta device, from its config.json, checked: the right class, every
+    value of its field's type, and a network that can be built from them. Anything else is a WeightsError
+    naming the file."""
+    network, config_class, class_name, _ = COMPONENTS[folder]
+    path, d = read_config(source, f"{folder}/config.json", (class_name,))
     try:
         with torch.device("meta"):
             return network(config_class.from_json_dict(d))
