@@ -127,7 +127,7 @@ def default_dtype(device):
 
 def weights_hint(model):
     """What to add to a weights error for a hub model: how to try the tools without its weights."""
-    if model in ("tiny", "toy", "tiny-controlnext") or Path(model).is_dir():
+    if model in ("tiny", "toy", "tiny-controlnext", "tiny-cogvideox") or Path(model).is_dir():
         return ""
     return ("; to try the tools without it: --model toy (a small trained model that runs on a CPU) "
             "or --model tiny (untrained, for tests)")
@@ -217,15 +217,26 @@ def pose_conditioned(model):
     return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").is_file()
 
 
+def text_conditioned(model):
+    """Whether a --model name is CogVideoX-5B-I2V (the release, a folder with transformer/, or the tiny one), which
+    takes a prompt (--prompt)."""
+    return model in ("cogvideox", "tiny-cogvideox") or (Path(model) / "transformer" / "config.json").is_file()
+
+
 def model_size(height, width, model):
-    """--height/--width: the reference pipeline's 576x1024 unless given; ControlNeXt's portrait 1024x576; the
-    toy's training size (its VAE config's sample_size); 128x128 for the tiny smoke-test models."""
+    """--height/--width: the reference pipeline's 576x1024 unless given; ControlNeXt's portrait 1024x576;
+    CogVideoX's 480x720; the toy's training size (its VAE config's sample_size); 128x128 for the tiny SVD
+    and ControlNeXt, 32x32 for the tiny CogVideoX."""
     if model == "toy":
         default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
     elif model in ("tiny", "tiny-controlnext"):
         default = (128, 128)
     elif pose_conditioned(model):
         default = (1024, 576)
+    elif model == "tiny-cogvideox":
+        default = (32, 32)
+    elif text_conditioned(model):
+        default = (480, 720)  # the only size the release's learned position table takes
     else:
         default = (576, 1024)
     height, width = height or default[0], width or default[1]

@@ -16,21 +16,34 @@ The release is in the diffusers layout; every key and shape is checked, any prob
 
 The sampler follows diffusers' CogVideoXImageToVideoPipeline step by step, random draws included, so a seed gives
 the reference's video for a CPU generator with that seed (see generate_cogvideox).
+
+For the attack, CogVideoXPipeline gives the pieces of Algorithm 1 that attack.py works through (svd.py names them):
+
+    pipeline = CogVideoXPipeline(load_by_name("cogvideox"))   # embeds the prompt once, then frees T5
+    I_adv, log = attack.protect(pipeline, photo, size=(480, 720))
+
+tiny_cogvideox() (--model tiny-cogvideox) is the same structure with tiny RANDOM networks, for tests only.
 """
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
 from tqdm import tqdm
 
-from model.cogvideox.scheduler import (alphas_cumprod, ddim_step, dpm_step, dynamic_guidance_scale, prev_timestep,
-                                       timesteps)
+from model.cogvideox.scheduler import (abar_at, alphas_cumprod, ddim_step, dpm_step, dynamic_guidance_scale,
+                                       predicted_x0, prev_timestep, timesteps)
 from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, CogVideoXVAE, CogVideoXVAEConfig
 from model.t5 import TIED_KEYS, T5Config, T5Encoder
+from photos import model_input
 from sample import seeded_generator
+from svd import to_model_input
+from tokenizer import T5Tokenizer
 from weights import WeightsError, fetch, load_checked, read_config, shard_files
 
 DEFAULT_MODEL = "THUDM/CogVideoX-5b-I2V"
+TINY = "tiny-cogvideox"  # the --model name of tiny_cogvideox's random networks
 TEXT_LENGTH = 226  # the pipeline pads (and truncates) every prompt to this many T5 tokens
 EOS, PAD = 1, 0  # T5's </s> and <pad> token ids
 # the release's scheduler_config.json, as far as the schedule goes: what our scheduler functions take
@@ -49,8 +62,12 @@ class CogVideoX:
     transformer: CogVideoXTransformer
     vae: CogVideoXVAE
     text_encoder: T5Encoder | None
-    source: str  # hub repo id or local directory
+    source: str  # hub repo id, local directory, or TINY
     schedule: dict = field(default_factory=lambda: dict(RELEASE_SCHEDULE))
+
+    @property
+    def untrained(self):
+        return self.source == TINY
 
 
 # ---------------------------------------------------------------- weights
@@ -103,16 +120,60 @@ def load_cogvideox(source=DEFAULT_MODEL, dtype=torch.bfloat16, device="cpu"):
     return CogVideoX(transformer, vae, load_text_encoder(source, dtype, device), source, schedule)
 
 
+# The tiny networks: the release's structure (I2V layout: learned position table and RoPE; the causal VAE's four
+# levels) at widths of a few channels, for 32x32 photos and 17 frames (5 latent frames of 2x2 patches); the prompt
+# length stays the release's 226 so that prompt_ids serves both.
+TINY_TRANSFORMER = CogVideoXTransformerConfig(num_attention_heads=2, attention_head_dim=16, in_channels=8,
+                                              out_channels=4, time_embed_dim=8, text_embed_dim=16, num_layers=4,
+                                              sample_height=4, sample_width=4, sample_frames=17)
+TINY_VAE = CogVideoXVAEConfig(block_out_channels=(8, 16, 16, 24), latent_channels=4, layers_per_block=1,
+                              norm_num_groups=4, sample_height=32, sample_width=32)
+TINY_T5 = T5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=37, num_layers=2, num_heads=2)
+
+
+def tiny_cogvideox(seed=0, dtype=torch.float32, device="cpu"):
+    """Small seeded RANDOM networks with CogVideoX-5B-I2V's structure (TINY_*), as load_cogvideox returns them, for
+    tests and teaching. UNTRAINED: their videos are noise and protecting against them protects nothing."""
+    warnings.warn("tiny_cogvideox: random untrained networks; their videos mean nothing and protection with them "
+                  "protects nothing", stacklevel=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nets = CogVideoXTransformer(TINY_TRANSFORMER), CogVideoXVAE(TINY_VAE), T5Encoder(TINY_T5)
+    transformer, vae, t5 = (m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in nets)
+    return CogVideoX(transformer, vae, t5, TINY)
+
+
+def load_by_name(name, dtype=torch.bfloat16, device="cpu"):
+    """The networks for a --model name: "tiny-cogvideox" (random, said loudly on stderr), "cogvideox" (the release
+    from the hub), or load_cogvideox's hub repo id or folder."""
+    if name != TINY:
+        return load_cogvideox(DEFAULT_MODEL if name == "cogvideox" else name, dtype, device)
+    print("WARNING: --model tiny-cogvideox is UNTRAINED, with random weights: its videos are noise, for smoke tests "
+          "only.", file=sys.stderr)
+    with warnings.catch_warnings():  # tiny_cogvideox's own warning, said louder above
+        warnings.simplefilter("ignore")
+        return tiny_cogvideox(0, dtype, device)
+
+
 # ---------------------------------------------------------------- prompt
+def prompt_tokens(source, prompt, length=TEXT_LENGTH):
+    """The token ids (1, length) of a prompt, with the release's tokenizer (tokenizer/spiece.model of `source`, read
+    by tokenizer.py) unless the prompt is empty, which needs none."""
+    if prompt == "":
+        return prompt_ids("", length)
+    if source == TINY:
+        raise ValueError("the tiny CogVideoX has no tokenizer: only the empty prompt")
+    tokenizer = T5Tokenizer.from_file(fetch(source, "tokenizer/spiece.model"))
+    return prompt_ids(prompt, length, tokenizer.ids(prompt, length))
+
+
 def prompt_ids(prompt, length=TEXT_LENGTH, token_ids=None):
     """The T5 token ids (1, length) the pipeline feeds its text encoder: the tokens, </s>, then <pad> (0) up to
     `length`. The empty prompt (the paper's image-only setting, and the pipeline's negative prompt) is [</s>] and
-    needs no tokenizer; any other prompt needs token_ids, its tokenizer's output with </s> (e.g. from
-    transformers' T5Tokenizer of google/t5-v1_1-xxl), until the T5 tokenizer is written here."""
+    needs no tokenizer; any other prompt needs token_ids, its tokenizer's output with </s> (prompt_tokens)."""
     if token_ids is None:
         if prompt != "":
-            raise ValueError("the T5 tokenizer is not built yet (a later issue): only the empty prompt works without "
-                             "it; pass token_ids= from an external T5 tokenizer for another prompt")
+            raise ValueError("a prompt other than the empty one needs its token ids (prompt_tokens)")
         token_ids = [EOS]
     token_ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     if len(token_ids) > length:
@@ -129,6 +190,13 @@ def prompt_embeddings(text_encoder, token_ids):
 
 
 # ---------------------------------------------------------------- sampling
+def latent_scale(vae):
+    """The factor from the VAE's latents to the transformer's: the scaling factor (0.7), or its inverse for a
+    config with invert_scale_latents."""
+    cfg = vae.config
+    return 1 / cfg.scaling_factor if cfg.invert_scale_latents else cfg.scaling_factor
+
+
 def image_condition(vae, image, generator, num_latent_frames, dtype):
     """The image latents (1, f, C, h, w) in the pipeline's order of operations: the photo (3,H,W) in [-1,1] encoded
     as ONE frame, a sample of its posterior mean + std * noise (noise (1,C,1,h,w) drawn from `generator` in the
@@ -137,9 +205,7 @@ def image_condition(vae, image, generator, num_latent_frames, dtype):
     mean, logvar = vae.encode(image[None, :, None].to(param))  # (1, C, 1, h, w)
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
     z = mean + torch.exp(0.5 * logvar) * eps
-    z = rearrange(z, "b c f h w -> b f c h w").to(dtype)
-    cfg = vae.config
-    z = (1 / cfg.scaling_factor if cfg.invert_scale_latents else cfg.scaling_factor) * z
+    z = latent_scale(vae) * rearrange(z, "b c f h w -> b f c h w").to(dtype)
     return torch.cat([z, z.new_zeros(1, num_latent_frames - 1, *z.shape[2:])], dim=1)  # (1, f, C, h, w)
 
 
@@ -217,3 +283,152 @@ def generate_cogvideox(model, image, *, prompt_embeds, negative_embeds, steps=50
         z = rearrange(1 / vae.config.scaling_factor * x, "b f c h w -> b c f h w")
         video = vae.decode(z.to(next(vae.parameters()).dtype))  # (1, 3, F, H, W)
         return rearrange(video[0], "c f h w -> f c h w").float().clamp(-1, 1)
+
+
+# ---------------------------------------------------------------- the attack's view
+def widened(dtype):
+    """float32, or the dtype itself when wider: where the attack's latents and predictions live."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class CogVideoXPipeline:
+    """CogVideoX-5B-I2V as the pieces of Algorithm 1 (svd.py says what each piece is), with the release's pipeline
+    settings: DDIM over the release's trailing timesteps, guidance 6, 49 frames at 480x720.
+
+    The condition c of the paper is the prompt's T5 embedding (the empty prompt by default: the paper's image-only
+    setting; another is tokenized with the release's tokenizer, or given as token_ids). It is made once, here, with the empty prompt's
+    (the negative prompt of guidance), and then `networks.text_encoder` is set to None: the 9.5 GB encoder is freed
+    and the pipeline keeps only the embeddings. The photo reaches the transformer through one path only, its VAE
+    latents x = E(I, d), so embed(I) is None."""
+
+    def __init__(self, networks, prompt="", token_ids=None, guidance=6.0):
+        if networks.text_encoder is None:
+            raise ValueError("CogVideoXPipeline embeds the prompt once with the text encoder, which is gone")
+        length = networks.transformer.config.max_text_seq_length
+        ids = prompt_ids(prompt, length, token_ids) if token_ids is not None else prompt_tokens(networks.source,
+                                                                                                 prompt, length)
+        empty = prompt_ids("", length)
+        with torch.no_grad():
+            self.negative_embeds = prompt_embeddings(networks.text_encoder, empty)  # (1, L, D)
+            same = torch.equal(ids, empty)
+            self.prompt_embeds = self.negative_embeds if same else prompt_embeddings(networks.text_encoder, ids)
+        networks.text_encoder = None
+        self.networks, self.guidance = networks, guidance
+        s = networks.schedule
+        self.abar = alphas_cumprod(s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["snr_shift_scale"],
+                                   s["rescale_betas_zero_snr"])  # float64 (T,)
+
+    # ------------------------------------------------------------ what the attack reads
+    @property
+    def source(self):
+        return self.networks.source
+
+    @property
+    def untrained(self):
+        return self.networks.untrained
+
+    @property
+    def device(self):
+        return next(self.networks.transformer.parameters()).device
+
+    @property
+    def num_frames(self):
+        """The frame count of the learned position table (sample_frames: 49 as released)."""
+        return self.networks.transformer.config.sample_frames
+
+    @property
+    def attention_names(self):
+        """Every block's joint attention, whose frame-to-frame maps G can return."""
+        return self.networks.transformer.attention_names
+
+    def default_attn_blocks(self):
+        """The middle of the stack, the paper's "middle blocks in the transformer": blocks n/2 - 1 and n/2 of n
+        (20 and 21 of the release's 42)."""
+        names = self.attention_names
+        return names[len(names) // 2 - 1], names[len(names) // 2]
+
+    def low_memory(self, on):
+        """Recompute each transformer block's and the VAE encoder's activations in the backward pass instead of
+        keeping them (benchmarks/cogvideox_memory.py: what that saves at 480x720x49)."""
+        self.networks.transformer.checkpointing = self.networks.vae.checkpointing = on
+
+    # ------------------------------------------------------------ the pieces of Algorithm 1
+    def P(self, I, *, size, num_frames, steps, seed, progress=False):
+        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo through the differentiable resize."""
+        return generate_cogvideox(self.networks, to_model_input(I, size)[0], prompt_embeds=self.prompt_embeds,
+                                  negative_embeds=self.negative_embeds, steps=steps, guidance=self.guidance,
+                                  num_frames=num_frames, seed=seed, progress=progress)
+
+    def video(self, rgb8, *, size, num_frames, steps, seed, progress=False):
+        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (Lanczos resize)."""
+        return generate_cogvideox(self.networks, model_input(rgb8, size), prompt_embeds=self.prompt_embeds,
+                                  negative_embeds=self.negative_embeds, steps=steps, guidance=self.guidance,
+                                  num_frames=num_frames, seed=seed, progress=progress)
+
+    def encode_frames(self, V):
+        """Frames (F,3,H,W) in [-1,1] -> denoiser latents X (1,f,16,H/8,W/8), f = (F-1)/4 + 1: the posterior MEAN
+        of the video times 0.7, in float32 or wider. The mean, not a sample (the pipeline samples only the photo's
+        latent): X_0 and X_tg are fixed references of the whole attack, and a sample would bake one arbitrary
+        posterior draw into them; the mean is the posterior's own estimate, as SVDPipeline.encode_frames takes it."""
+        vae = self.networks.vae
+        dtype = next(vae.parameters()).dtype
+        mean, _ = vae.encode(rearrange(V, "f c h w -> 1 c f h w").to(dtype))  # (1, C, f, h, w)
+        return latent_scale(vae) * rearrange(mean, "b c f h w -> b f c h w").to(widened(dtype))
+
+    def noise_levels(self, steps=50):
+        """The timesteps t the adversary's `steps`-step DDIM visits (the release's trailing spacing: 999, 979, ...,
+        19 for the release's 50)."""
+        s = self.networks.schedule
+        return timesteps(steps, s["timestep_spacing"], s["num_train_timesteps"], s["steps_offset"]).tolist()
+
+    def draw(self, generator, size):
+        """The pipeline's own randomness for one iteration: the noise d (1,16,1,H/8,W/8) of the posterior sample that
+        E takes of the photo's latent (the pipeline draws it from its generator before the initial noise)."""
+        cfg = self.networks.vae.config
+        scale = 2 ** (len(cfg.block_out_channels) - 1)  # pixels per latent, each side
+        return torch.randn((1, cfg.latent_channels, 1, size[0] // scale, size[1] // scale), generator=generator)
+
+    def S(self, X_0, t, noise):
+        """X_t = S(X_0, t, noise) = sqrt(abar_t) X_0 + sqrt(1 - abar_t) noise: the forward process at timestep t."""
+        abar_t = abar_at(self.abar, t).item()
+        return abar_t ** 0.5 * X_0 + (1 - abar_t) ** 0.5 * noise.to(X_0)
+
+    def E(self, I, d, size):
+        """x = E(I, d): the image latent the pipeline conditions on, (1,1,16,H/8,W/8) in float32 or wider. The photo
+        (1,3,H0,W0) in [0,1], resized differentiably to `size`, is encoded by the causal VAE as one frame; x is the
+        posterior SAMPLE mean + std * d with the draw d held (reparametrisation, so the gradient reaches I through
+        both the mean and the std), times 0.7, as image_condition makes it for the sampler."""
+        vae = self.networks.vae
+        dtype = next(vae.parameters()).dtype
+        mean, logvar = vae.encode(to_model_input(I, size)[:, :, None].to(dtype))  # (1, C, 1, h, w)
+        wide = widened(dtype)
+        z = mean.to(wide) + torch.exp(0.5 * logvar.to(wide)) * d.to(mean.device, wide)
+        return latent_scale(vae) * rearrange(z, "b c f h w -> b f c h w")
+
+    def embed(self, I):
+        """None: the photo has no second conditioning path (the condition c is the prompt, fixed at construction)."""
+        return None
+
+    def G(self, X_t, t, x, c, d, attn_maps=(), maps_only=False):
+        """(X0_hat (1,f,16,h,w), {block: frame-to-frame attention maps (1, heads, f, f)}) = G(X_t, t, x): the
+        transformer's v-prediction turned into the predicted clean latents, X0_hat = sqrt(abar_t) X_t -
+        sqrt(1 - abar_t) v. The image latent x is padded with zero frames to f frames and concatenated on the
+        channels after X_t, as the pipeline does; c (None) is unused: the text is the prompt's fixed embedding.
+        With maps_only it stops after the maps and returns (None, maps).
+
+        The conditional branch only. In the image-only setting the guidance halves are the same network call (both
+        prompts empty, both with the image latent), so v_u + g (v_c - v_u) = v_c exactly. With a prompt, both halves
+        still carry the photo's latent; the conditional one is what the prompt-following video comes from, and one
+        branch halves the memory and time of every iteration."""
+        transformer = self.networks.transformer
+        dtype = next(transformer.parameters()).dtype
+        frames = X_t.shape[1]
+        image = torch.cat([x, x.new_zeros(x.shape[0], frames - x.shape[1], *x.shape[2:])], dim=1)  # (1, f, C, h, w)
+        inputs = torch.cat([X_t.to(dtype), image.to(dtype)], dim=2)  # (1, f, 2C, h, w)
+        text = self.prompt_embeds.to(X_t.device, dtype)
+        v, maps = transformer(inputs, text, torch.tensor(t, device=X_t.device), attn_maps=attn_maps,
+                              maps_only=maps_only)
+        if maps_only:
+            return None, maps
+        wide = widened(X_t.dtype)
+        return predicted_x0(X_t.to(wide), v.to(wide), abar_at(self.abar, t).item()), maps

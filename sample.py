@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
                  default_dtype, default_low_memory, fail, integer, model_size, number, parse_device, pose_conditioned,
-                 refuse_clashes, variant, weights_hint, write_files)
+                 refuse_clashes, text_conditioned, variant, weights_hint, write_files)
 from model.edm import denoise, euler_step, karras_sigmas
 from photos import encoded, model_input, read_photo, to_images, video_bytes
 from weights import DEFAULT_MODEL, TOY_MODEL, WeightsError, load_svd, tiny_svd
@@ -217,8 +217,13 @@ def main(argv=None):
     p.add_argument("--pose", metavar="POSES", help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
                    "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
                    "default: the generic 'wave' sequence of poses.py")
-    p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
-                   help="denoising steps of the sampler")
+    p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
+                   help="denoising steps of the sampler (default: 25; 50 for CogVideoX)")
+    p.add_argument("--prompt", default="", help="CogVideoX (--model cogvideox): the text prompt; default: none, the "
+                   "paper's image-only setting")
+    p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim",
+                   help="CogVideoX: the release's DDIM, or the official demo's DPM (with --dynamic-guidance)")
+    p.add_argument("--dynamic-guidance", action="store_true", help="CogVideoX: the official demo's guidance schedule")
     p.add_argument("--fps", type=integer(1, 1000), default=7, help="frame rate: conditioning (as fps - 1) and playback")
     p.add_argument("--motion-bucket", type=int, default=127, help="motion_bucket_id, higher means more motion")
     p.add_argument("--noise-aug", type=number, default=0.02,
@@ -263,9 +268,16 @@ def main(argv=None):
     except ValueError as e:
         fail(f"{image}: {e}")
     if pose_conditioned(args.model):
+        args.steps = args.steps or 25
         return sample_with_poses(args, device, dtype, photo, resized, out)
     if args.pose:
         fail(f"--pose: {args.model} is not a pose-conditioned model (--model controlnext is)")
+    if text_conditioned(args.model):
+        args.steps = args.steps or 50
+        return sample_with_text(args, device, dtype, resized, out)
+    if args.prompt or args.scheduler != "ddim" or args.dynamic_guidance:
+        fail(f"--prompt, --scheduler and --dynamic-guidance are CogVideoX's (--model cogvideox), not {args.model}'s")
+    args.steps = args.steps or 25
     try:
         svd = load_model(args.model, device, dtype, args.variant)
     except WeightsError as e:
@@ -304,6 +316,32 @@ def sample_with_poses(args, device, dtype, photo, resized, out):
     refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], [Path(args.image)])
     frames = controlnext.generate_controlnext(networks, pose_encoder, resized, poses, steps=args.steps,
                                               seed=args.seed, clip_image=photo, progress=True)
+    write_video(frames, args, out, frame_files)
+
+
+def sample_with_text(args, device, dtype, resized, out):
+    """CogVideoX-5B-I2V (cogvideox.py), as the reference pipeline runs it: 49 frames unless --frames (4k + 1),
+    guidance 6, DDIM or DPM; the prompt's T5 embedding made once, the text encoder freed before sampling."""
+    import cogvideox  # builds on this module, so it is imported when used
+    num_frames = args.frames or 49
+    if (num_frames - 1) % 4:
+        fail(f"--frames: CogVideoX makes 4k + 1 frames (49, 45, ...), got {num_frames}")
+    try:
+        model = cogvideox.load_by_name(args.model, dtype, device)
+        ids, negative = cogvideox.prompt_tokens(model.source, args.prompt), cogvideox.prompt_ids("")
+    except WeightsError as e:
+        fail(f"{e}{weights_hint(args.model)}", FAILURE)
+    except ValueError as e:
+        fail(f"--prompt: {e}")
+    with torch.no_grad():
+        embeds, negative = (cogvideox.prompt_embeddings(model.text_encoder, i.to(device)) for i in (ids, negative))
+    model.text_encoder = None  # 9.5 GB in bfloat16, needed once
+    frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], [Path(args.image)])
+    frames = cogvideox.generate_cogvideox(model, resized, prompt_embeds=embeds, negative_embeds=negative,
+                                          steps=args.steps, scheduler=args.scheduler,
+                                          dynamic_guidance=args.dynamic_guidance, num_frames=num_frames,
+                                          seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)
 
 

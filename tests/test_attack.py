@@ -1,11 +1,12 @@
 """attack.py does what Algorithm 1 says on the tiny models: each loss term, alone, moves the intended way
-and the full loss falls, against SVD and against ControlNeXt (poses drawn per iteration); the temporal
-term has a gradient; each ablation removes exactly its term; the saved photo keeps
+and the full loss falls, against SVD, ControlNeXt (poses drawn per iteration) and CogVideoX (empty
+prompt); the temporal term has a gradient; each ablation removes exactly its term; the saved photo keeps
 the budget in 8 bits, the input's size, alpha and orientation, the mask, and is reproducible; the
 command line writes the photo and its report, and refuses bad input with a one-line error."""
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import attack
 import figures
 from attack import TERMS, Objective, protect, selected_terms
 from losses import attention_distance, total_loss
+from cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, tiny_cogvideox
 from controlnext import ControlNeXtPipeline, tiny_controlnext
 from poses import generic_poses
 from svd import SVDPipeline
@@ -23,14 +25,31 @@ from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 4, 4
 ROOT = attack.Path(attack.__file__).parent
+# The tiny CogVideoX's learned position table is for 32x32 photos and 17 frames (5 latent frames).
+COG_SIZE, COG_FRAMES = (32, 32), TINY_TRANSFORMER.sample_frames
 
 
-@pytest.fixture(scope="module", params=["svd", "controlnext"])
-def model(request):
-    """The tiny SVD, and the tiny ControlNeXt following the generic pose sequences (one drawn per iteration)."""
-    if request.param == "svd":
-        return SVDPipeline(tiny_svd(0))
-    return ControlNeXtPipeline(*tiny_controlnext(0), list(generic_poses(FRAMES, *SIZE).values()))
+@dataclass
+class Case:
+    """A tiny model as attack.py sees it, and the run's size and frames."""
+    model: object
+    size: tuple = SIZE
+    frames: int = FRAMES
+
+
+def tiny_case(name, dtype=torch.float32):
+    """The tiny SVD, the tiny ControlNeXt following the generic pose sequences (one drawn per iteration), or the
+    tiny CogVideoX with the empty prompt: random, untrained networks."""
+    if name == "svd":
+        return Case(SVDPipeline(tiny_svd(0, dtype)))
+    if name == "controlnext":
+        return Case(ControlNeXtPipeline(*tiny_controlnext(0, dtype), list(generic_poses(FRAMES, *SIZE).values())))
+    return Case(CogVideoXPipeline(tiny_cogvideox(0, dtype)), COG_SIZE, COG_FRAMES)
+
+
+@pytest.fixture(scope="module", params=["svd", "controlnext", "cogvideox"])
+def case(request):
+    return tiny_case(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +59,9 @@ def I_src():
     return (smooth[0] + 0.05 * torch.rand(3, 72, 60, generator=g)).clamp(0, 1)
 
 
-def objective(model, I_src, terms):
-    return Objective(model, I_src[None], terms, num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
-                     attn_blocks=model.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0)
+def objective(case, I_src, terms):
+    return Objective(case.model, I_src[None], terms, num_frames=case.frames, size=case.size, tau1=0.5, tau2=0.5,
+                     attn_blocks=case.model.default_attn_blocks(), sample_steps=SAMPLE_STEPS, seed=0)
 
 
 def mean_over_draws(obj, I, measure, n=8):
@@ -69,20 +88,21 @@ def att_distance(obj, I, draw):
     ("con", lambda o, I, d: o(I, d)["con"].item(), "down"),
     ("att", att_distance, "up"),
 ])
-def test_one_term_moves_the_intended_way(model, I_src, term, measure, direction):
-    I_adv, history = protect(model, I_src, terms=("img", term), steps=20, size=SIZE, num_frames=FRAMES,
+def test_one_term_moves_the_intended_way(case, I_src, term, measure, direction):
+    I_adv, history = protect(case.model, I_src, terms=("img", term), steps=20, size=case.size, num_frames=case.frames,
                              sample_steps=SAMPLE_STEPS, seed=0)
-    obj = objective(model, I_src, ("img", term))
+    obj = objective(case, I_src, ("img", term))
     before, after = mean_over_draws(obj, I_src, measure), mean_over_draws(obj, I_adv, measure)
     print(f"\n{term}: {before:.6g} -> {after:.6g}")
     assert (after < before) if direction == "down" else (after > before)
     assert len(history["steps"]) == 20 and history["weights"][term] > 0
 
 
-def test_full_loss_decreases(model, I_src):
-    I_adv, history = protect(model, I_src, steps=10, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
+def test_full_loss_decreases(case, I_src):
+    I_adv, history = protect(case.model, I_src, steps=10, size=case.size, num_frames=case.frames,
+                             sample_steps=SAMPLE_STEPS)
     w = history["weights"]
-    obj = objective(model, I_src, TERMS)
+    obj = objective(case, I_src, TERMS)
     loss = lambda o, I, d: total_loss(o(I, d), w).item()
     # before: the photo itself (protect starts from a random point inside the budget)
     before, after = mean_over_draws(obj, I_src, loss), mean_over_draws(obj, I_adv, loss)
@@ -90,21 +110,23 @@ def test_full_loss_decreases(model, I_src):
     assert after < before
 
 
-def test_temporal_loss_has_a_gradient(model, I_src):
-    obj = objective(model, I_src, ("img", "att"))
+def test_temporal_loss_has_a_gradient(case, I_src):
+    obj = objective(case, I_src, ("img", "att"))
     I_adv = (I_src + 4 / 255 * torch.randn(I_src.shape).sign()).clamp(0, 1)[None].requires_grad_()
     grad, = torch.autograd.grad(obj(I_adv, obj.draw(torch.Generator().manual_seed(0)))["att"], I_adv)
     assert grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["svd", "cogvideox"])
 @pytest.mark.parametrize("flag, term", [("no_spatial", "enc"), ("no_temporal", "att"), ("no_diffusion", "con")])
-def test_each_ablation_removes_exactly_its_term(I_src, flag, term):
-    # float64: without L_att the UNet runs SDPA instead of explicit attention, an O(1e-7) difference in
+def test_each_ablation_removes_exactly_its_term(I_src, name, flag, term):
+    # float64: without L_att SVD's UNet runs SDPA instead of explicit attention, an O(1e-7) difference in
     # float32 that the random tiny network amplifies; in float64 the two agree to O(1e-14).
-    model = SVDPipeline(tiny_svd(0, dtype=torch.float64))
+    case = tiny_case(name, torch.float64)
+    I_src = I_src.double()
     terms = selected_terms(**{flag: True})
     assert set(TERMS) - set(terms) == {term}
-    full, ablated = objective(model, I_src, TERMS), objective(model, I_src, terms)
+    full, ablated = objective(case, I_src, TERMS), objective(case, I_src, terms)
     I_adv = (I_src + 4 / 255 * torch.randn(I_src.shape).sign()).clamp(0, 1)[None].requires_grad_()
     weights = {"img": 1.0, "enc": 2.0, "con": 3.0, "att": 5.0}
     draw = full.draw(torch.Generator().manual_seed(1))

@@ -84,7 +84,7 @@ def test_folder_is_the_official_layout_and_loads_strictly(release):
 def test_prompt_ids():
     assert prompt_ids("").tolist() == [[1] + [0] * 225]
     assert prompt_ids("a photo", 6, [5, 17, 42, 1]).tolist() == [[5, 17, 42, 1, 0, 0]]
-    with pytest.raises(ValueError, match="tokenizer is not built yet"):
+    with pytest.raises(ValueError, match="needs its token ids"):
         prompt_ids("a photo")
 
 
