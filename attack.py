@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
                  default_dtype, default_low_memory, fail, integer, json_bytes, model_size, number, one_line,
-                 parse_device, pose_conditioned, refuse_clashes, variant, weights_hint, write_files)
+                 parse_device, pose_conditioned, refuse_clashes, text_conditioned, variant, weights_hint,
+                 write_files)
 from figures import attention_figure, temporal_maps
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from metrics import psnr, ssim
@@ -339,8 +340,10 @@ def protect_file(model, photo, out, mask, args, terms):
 
 def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to and which
-    worker made them, and --eot when off (so that reports made before it existed still resume)."""
-    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard") and (k != "eot" or v)}
+    worker made them, and the conditions and EOT when unused (so that reports made before they existed still
+    resume)."""
+    unused = [k for k in ("eot", "pose", "prompt") if not getattr(args, k)]
+    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", *unused)}
 
 
 def already_protected(out, settings):
@@ -372,7 +375,8 @@ def main(argv=None):
     p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
     p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
     p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
-    p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
+    p.add_argument("--eps", type=number, help="L_inf budget in [0,1] pixel units (default: 8/255; 16/255 for "
+                   "CogVideoX, which the paper says needs stronger noise than SVD)")
     p.add_argument("--step-size", type=number, default="1/255", help="lambda, the step size of each update")
     p.add_argument("--update", choices=["sign", "gradient"], default="sign",
                    help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
@@ -392,6 +396,8 @@ def main(argv=None):
                    help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
                         "name) or an animated GIF/WebP; default: the generic sequences of poses.py, one drawn per "
                         "iteration (expectation over conditions)")
+    p.add_argument("--prompt", default="", help="text-conditioned models (--model cogvideox): the adversary's prompt; "
+                   "default: none, the paper's image-only setting")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
                    help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
                         "attacked (default: the model's own choice, see README: Attention maps)")
@@ -400,8 +406,9 @@ def main(argv=None):
                    help="the adversary's model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
     p.add_argument("--width", type=integer(8, MAX_SIDE),
                    help="the adversary's model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
-    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
-                   help="denoising steps of V_0 and the preview videos")
+    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS),
+                   help="denoising steps of the adversary's sampler: V_0, the attacked noise levels and the preview "
+                        "videos (default: 25; 50 for CogVideoX, as the release samples)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                    help="seed of the random start, noise draws and videos")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
@@ -419,6 +426,9 @@ def main(argv=None):
                         "each worker takes its part of that share")
     args = p.parse_args(argv)
 
+    text_model = text_conditioned(args.model)
+    args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255
+    args.sample_steps = args.sample_steps or (50 if text_model else 25)
     if not 1 / 255 <= args.eps <= 1:
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
     if args.step_size <= 0:
@@ -437,6 +447,8 @@ def main(argv=None):
     refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
                    inputs)
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
+    if args.prompt and not text_model:
+        fail(f"--prompt: {args.model} takes no prompt (--model cogvideox does)")
     poses = None
     if args.pose:
         if not pose_conditioned(args.model):
@@ -449,9 +461,11 @@ def main(argv=None):
     args.dtype = args.dtype or default_dtype(device)
     try:
         model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses,
-                              size=(args.height, args.width), num_frames=args.frames)
+                              prompt=args.prompt, size=(args.height, args.width), num_frames=args.frames)
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
+    except ValueError as e:
+        fail(f"--prompt: {e}")
     args.frames = args.frames or model.num_frames
     if poses is not None and args.frames > len(poses[0]):
         fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")

@@ -146,27 +146,29 @@ def load_checked(model, paths, dtype=torch.float32, device="cpu", ignored=IGNORE
     where = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/ ({len(paths)} shards)"
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = {}
-    for path in paths:
-        try:
+    try:
+        owner = {}  # key -> the file holding it
+        for path in paths:
             with safe_open(str(path), framework="pt") as f:
-                keys = {k for k in f.keys() if not k.startswith(ignored)}
-                for k in sorted(keys):  # tensor by tensor, so at most one extra copy is alive
-                    if k in state:
-                        raise WeightsError(f"{path}: {k} is also in another shard")
-                    if k not in expected:
-                        continue  # reported below with the others
+                for k in f.keys():
+                    if k in owner:
+                        raise WeightsError(f"{path}: {k} is also in {owner[k]}")
+                    owner[k] = path
+        keys = {k for k in owner if not k.startswith(ignored)}
+        missing, unexpected = expected.keys() - keys, keys - expected.keys()
+        if missing or unexpected:
+            problems = [f"missing keys: {short_list(missing)}"] * bool(missing)
+            problems += [f"unexpected keys: {short_list(unexpected)}"] * bool(unexpected)
+            raise WeightsError(f"{where} does not match {name}: " + "; ".join(problems))
+        for path in paths:
+            with safe_open(str(path), framework="pt") as f:
+                for k in sorted(keys & set(f.keys())):  # tensor by tensor, so at most one extra copy is alive
                     shape = tuple(f.get_slice(k).get_shape())
                     if shape != expected[k]:
                         raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
                     state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
-                unexpected = keys - expected.keys()
-                if unexpected:
-                    raise WeightsError(f"{where} does not match {name}: unexpected keys: {short_list(unexpected)}")
-        except (SafetensorError, OSError) as e:
-            raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-    missing = expected.keys() - state.keys()
-    if missing:
-        raise WeightsError(f"{where} does not match {name}: missing keys: {short_list(missing)}")
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)  # frozen: the attack needs gradients for the image only
 

@@ -98,3 +98,24 @@ def test_attention_distance_and_gradient_vanish_at_the_source(I_src):
 def test_tiny_is_said_to_be_untrained(capsys):
     networks = load_by_name("tiny-cogvideox", torch.float32)
     assert networks.untrained and "UNTRAINED" in capsys.readouterr().err
+
+
+def test_attack_command_defaults_and_prompt_refusals(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    import attack
+    photo = tmp_path / "p.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8)).save(photo)
+    attack.main(["--image", str(photo), "--model", "tiny-cogvideox", "--steps", "2", "--sample-steps", "2"])
+    report = json.loads((tmp_path / "p.guarded.json").read_text())
+    assert report["settings"]["eps"] == 16 / 255 and report["linf_8bit_levels"] == 16 and "prompt" not in report["settings"]
+    capsys.readouterr()
+    for model, prompt, message in (("tiny", "a cat", "takes no prompt"), ("tiny-cogvideox", "a cat", "no tokenizer")):
+        with pytest.raises(SystemExit) as e:
+            attack.main(["--image", str(photo), "--out", str(tmp_path / "q.png"), "--model", model, "--prompt", prompt])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and message in err[-1] and "error: --prompt" in err[-1]
+    assert not (tmp_path / "q.png").exists()

@@ -388,7 +388,7 @@ def test_help_says_each_default_once(capsys, main):
     for flag in text.split(" --")[1:]:
         assert flag.count("default") <= 1, flag
     assert "(default: None)" not in text and "(default: False)" not in text
-    assert main is sample.main or "--eps EPS L_inf budget in [0,1] pixel units (default: 8/255)" in text
+    assert main is sample.main or "--eps EPS L_inf budget in [0,1] pixel units (default: 8/255" in text
 
 
 def test_report_records_the_values_used_and_progress_is_labelled(photo, tmp_path, capsys):
