@@ -30,7 +30,8 @@ def temporal_maps(model, photos, X_t, sigma, d, size, blocks):
 def attention_figure(maps, latent_size):
     """PNG image of the maps from temporal_maps (keys "source" and "guarded"): a row per block with the
     frame-to-frame map averaged over pixels and heads, source then guarded, and where in the frame
-    the maps changed (mean |A_adv - A_src| per latent pixel)."""
+    the maps changed (mean |A_adv - A_src| per latent pixel), or for maps without a pixel axis (a DiT's,
+    (1, heads, F, F)) which of their entries changed."""
     h, w = latent_size  # of the denoiser's latents
     rows = []
     for block in maps["source"]:
@@ -40,14 +41,18 @@ def attention_figure(maps, latent_size):
         means = [A.mean((0, 1)).numpy() for A in (A_src, A_adv)]  # (F, F) each, rows sum to 1
         top = max(m.max() for m in means)  # one colour scale for both
         tiles = [heat(m / top).repeat(CELL, 0).repeat(CELL, 1) for m in means]
-        hh, ww = h, w
-        while hh * ww > A_src.shape[0]:  # the block's own resolution: the latents halved (rounding up) per level
-            hh, ww = -(-hh // 2), -(-ww // 2)
-        change = (A_adv - A_src).abs().mean((1, 2, 3)).reshape(hh, ww).numpy()
+        if A_src.shape[0] > 1:  # a map per pixel (a UNet's temporal attention): where in the frame it changed
+            hh, ww = h, w
+            while hh * ww > A_src.shape[0]:  # the block's own resolution: the latents halved (rounding up) per level
+                hh, ww = -(-hh // 2), -(-ww // 2)
+            change, where = (A_adv - A_src).abs().mean((1, 2, 3)).reshape(hh, ww).numpy(), "pixel"
+        else:  # one map per video (a DiT's frame-to-frame shares): which entries changed
+            hh = ww = frames
+            change, where = (A_adv - A_src).abs().mean((0, 1)).numpy(), "entry"
         peak = max(change.max(), 1e-12)
         tiles.append(np.asarray(Image.fromarray(heat(change / peak)).resize((round(side * ww / hh), side),
                                                                             Image.Resampling.NEAREST)))
-        labels = [f"source: row i attends j, white {top:.2f}", "guarded", f"|A_adv - A_src| per pixel, max {peak:.2g}"]
+        labels = [f"source: row i attends j, white {top:.2f}", "guarded", f"|A_adv - A_src| per {where}, max {peak:.2g}"]
         rows.append((block, tiles, labels))
     width = max(sum(t.shape[1] + 8 for t in tiles) for _, tiles, _ in rows)
     height = sum(2 * LABEL + tiles[0].shape[0] + 8 for _, tiles, _ in rows)
