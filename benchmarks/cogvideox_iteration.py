@@ -1,0 +1,85 @@
+"""One attack iteration against CogVideoX-5B-I2V at its official size (480x720, 49 frames, bfloat16), on
+RANDOM weights of the official shapes (no download): seconds per iteration and peak memory, with and
+without --low-memory. The prompt is the empty one, embedded by a one-layer T5 of the release's width
+(its embedding has the real shape; its values do not matter for time and memory). V_0 is random frames,
+so no 50-step sampling run is timed. --size tiny runs the same on the tiny random CogVideoX, on a CPU.
+
+    python benchmarks/cogvideox_iteration.py --device cuda            # about 11 GB of weights in bf16
+    python benchmarks/cogvideox_iteration.py --size tiny --device cpu --dtype float32
+"""
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from attack import TERMS, Objective  # noqa: E402
+from cogvideox import CogVideoX, CogVideoXPipeline, tiny_cogvideox  # noqa: E402
+from losses import total_loss  # noqa: E402
+from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, CogVideoXVAE, CogVideoXVAEConfig  # noqa: E402
+from model.t5 import T5Config, T5Encoder  # noqa: E402
+
+
+def random_official(dtype, device):
+    """The release's transformer and VAE with random weights, built on the device directly."""
+    with torch.device(device):
+        transformer = CogVideoXTransformer(CogVideoXTransformerConfig()).to(dtype)
+        vae = CogVideoXVAE(CogVideoXVAEConfig()).to(dtype)
+        t5 = T5Encoder(T5Config(num_layers=1)).to(dtype)
+    nets = (m.eval().requires_grad_(False) for m in (transformer, vae, t5))
+    return CogVideoX(*nets, "random official-size weights")
+
+
+def peak(device):
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["official", "tiny"], default="official")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per mode (after one untimed)")
+    p.add_argument("--modes", default="memory,default", help="comma-separated: memory (--low-memory), default")
+    args = p.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.size == "tiny":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            networks = tiny_cogvideox(0, dtype, device)
+        size, frames = (32, 32), networks.transformer.config.sample_frames
+    else:
+        networks = random_official(dtype, device)
+        size, frames = (480, 720), 49
+    model = CogVideoXPipeline(networks)
+    g = torch.Generator().manual_seed(0)
+    I_src = torch.rand(1, 3, *size, generator=g).to(device)
+    V_0 = (torch.rand(frames, 3, *size, generator=g) * 2 - 1).to(device)
+    print(f"CogVideoX, {args.size} size {size[0]}x{size[1]}x{frames}, {args.dtype} on {device}")
+    print("| mode | seconds per iteration | peak memory (GiB) |\n|---|---:|---:|")
+    for mode in args.modes.split(","):
+        model.low_memory(mode == "memory")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        objective = Objective(model, I_src, TERMS, num_frames=frames, size=size, tau1=0.5, tau2=0.5,
+                              attn_blocks=model.default_attn_blocks(), sample_steps=50, seed=0, V_0=V_0)
+        generator, times = torch.Generator().manual_seed(1), []
+        for i in range(args.iters + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            I_adv = (I_src + 4 / 255).clamp(0, 1).requires_grad_()
+            L = total_loss(objective(I_adv, objective.draw(generator)), dict.fromkeys(TERMS, 1.0))
+            torch.autograd.grad(L, I_adv)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        print(f"| {mode} | {sum(times[1:]) / args.iters:.2f} | {peak(device):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
