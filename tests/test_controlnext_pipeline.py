@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import sample
 from controlnext import TINY_POSE_ENCODER, ControlNeXtPipeline, generate_controlnext, load_controlnext
-from model import PoseEncoder
+from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, karras_sigmas
 from oracles import max_abs_diff
 from svd import SVDPipeline
@@ -216,3 +216,31 @@ def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and "not a pose-conditioned model" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.png", "photo.png", "poses.gif", "v.gif"]
+
+
+def test_the_release_layout_loads_strictly(tmp_path, folder, networks, monkeypatch):
+    """--model controlnext: SVD-XT 1.1's VAE, CLIP and UNet config, and the release's two float16 files (the
+    pose encoder at the release's size, the fine-tuned UNet under diffusers' names), all through the hub."""
+    import weights
+    from controlnext import BASE_REPO, RELEASE_POSE_ENCODER, RELEASE_REPO, RELEASE_UNET
+    svd, _ = networks
+    base, release = tmp_path / BASE_REPO, tmp_path / RELEASE_REPO
+    for part, stem in (("vae", "diffusion_pytorch_model"), ("image_encoder", "model"), ("unet", None)):
+        (base / part).mkdir(parents=True)
+        shutil.copy(folder / part / "config.json", base / part / "config.json")
+        if stem:
+            save_file(load_file(folder / part / f"{stem}.safetensors"), base / part / f"{stem}.fp16.safetensors")
+    release.mkdir(parents=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        pose_encoder = PoseEncoder(PoseEncoderConfig(unet_channels=32)).half()  # the release's size
+    save_file(pose_encoder.state_dict(), release / RELEASE_POSE_ENCODER)
+    save_file({k: v.half().contiguous() for k, v in svd.unet.state_dict().items()}, release / RELEASE_UNET)
+    monkeypatch.setattr(weights, "cached_or_download", lambda source, relpath: tmp_path / source / relpath)
+    loaded, loaded_pose_encoder = load_controlnext("controlnext", dtype=torch.float32)
+    assert all(torch.equal(loaded_pose_encoder.state_dict()[k], v.float()) for k, v in pose_encoder.state_dict().items())
+    assert all(torch.equal(loaded.unet.state_dict()[k], v.half().float()) for k, v in svd.unet.state_dict().items())
+    assert sum(p.numel() for p in loaded_pose_encoder.parameters()) == 3_526_400 - (320 - 32) * 257
+    save_file({"conv_in.weight": torch.zeros(1)}, release / RELEASE_UNET)
+    with pytest.raises(WeightsError, match=f"{RELEASE_UNET} does not match UNet: missing keys"):
+        load_controlnext("controlnext")
