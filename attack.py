@@ -16,7 +16,6 @@ the adversary may receive it: recompressed, resized, blurred or noisy (transform
 example: python attack.py --image examples/astronaut.png
 """
 import argparse
-import io
 import json
 import math
 import os
@@ -26,24 +25,22 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import ImageDraw
 from tqdm import tqdm
 
 from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
                  default_dtype, default_low_memory, fail, integer, json_bytes, model_size, number, one_line,
                  parse_device, pose_conditioned, refuse_clashes, text_conditioned, variant, weights_hint,
                  write_files)
-from figures import attention_figure, temporal_maps
+from figures import preview
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from metrics import psnr, ssim
-from photos import model_input, png_bytes, read_mask, read_photo, to_images, video_bytes
+from photos import png_bytes, read_mask, read_photo
 from pipelines import MODEL_HELP, load_pipeline
 from poses import read_poses
 from shard import join, parse_shard
 from transforms import differentiable, draw_eot, parse_eot
 from weights import DEFAULT_MODEL, WeightsError
 
-FPS = 7  # frame rate of the preview GIFs
 TERMS = ("img", "enc", "con", "att")
 # The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule.
 CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0
@@ -222,42 +219,6 @@ def quantise(src8, I_adv, eps, mask):
     if mask is not None:
         d = d * mask
     return (src8.float() + d).clamp(0, 255).to(torch.uint8)
-
-
-def preview(model, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
-    """The videos the model makes from the source photo and from the guarded one (same seed), as the
-    adversary would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif,
-    .after.gif, .preview.gif side by side (photos on top, their videos below, each column labelled), and
-    .attention.png, the temporal attention maps of the attacked blocks (figures.py)."""
-    videos, inputs = [], {}
-    device = model.device
-    for name, rgb8 in (("source", src8), ("guarded", guarded8)):
-        image = model_input(rgb8, size)  # (3, H, W) in [-1, 1], resized as the pipeline resizes
-        frames = model.video(rgb8, size=size, num_frames=num_frames, steps=steps, seed=seed,
-                             progress=f"video of the {name} photo")
-        videos.append((image, frames.cpu()))
-        inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
-    (src, V_src), (adv, V_adv) = videos
-    top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
-    grid = torch.stack([torch.cat([top, torch.cat([a, b], dim=-1)], dim=-2) for a, b in zip(V_src, V_adv)])
-    side_by_side = to_images(grid)  # F images (2W, 2H)
-    for im in side_by_side:
-        draw = ImageDraw.Draw(im)
-        for x, label in ((0, "source"), (im.width // 2, "guarded")):
-            draw.text((x + 3, 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
-
-    # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        X_0 = model.encode_frames(V_src.to(device))  # (1, F, C, h, w)
-    sigma = model.noise_levels(steps)[steps // 2]
-    X_t = model.S(X_0, sigma, torch.randn(X_0.shape, generator=g))
-    d = model.draw(g, size)
-    maps = temporal_maps(model, inputs, X_t, sigma, d, size, attn_blocks)
-    figure = io.BytesIO()
-    attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
-    return {".before.gif": video_bytes(to_images(V_src), FPS), ".after.gif": video_bytes(to_images(V_adv), FPS),
-            ".preview.gif": video_bytes(side_by_side, FPS), ".attention.png": figure.getvalue()}
 
 
 # ---------------------------------------------------------------- command line

@@ -1,15 +1,21 @@
-"""The paper's Fig. 3 for one photo: the temporal self-attention maps of the attacked blocks when the
+"""What the adversary would see, for attack.py --preview: the videos of the source and the guarded photo
+side by side, and the paper's Fig. 3: the temporal self-attention maps of the attacked blocks when the
 adversary's model animates the source photo, beside the same maps for the guarded photo.
 
 Both passes denoise the same noisy latents of the source's video at the middle noise level of the
 sampling schedule, with the same draw of the pipeline's randomness, so the maps differ only through the photo.
 """
+import io
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from photos import model_input, to_images, video_bytes
+
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
+FPS = 7  # frame rate of the preview GIFs
 
 
 def heat(values):
@@ -68,3 +74,39 @@ def attention_figure(maps, latent_size):
             x += tile.shape[1] + 8
         y += 2 * LABEL + tiles[0].shape[0] + 8
     return sheet
+
+
+def preview(model, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
+    """The videos the model makes from the source photo and from the guarded one (same seed), as the
+    adversary would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif,
+    .after.gif, .preview.gif side by side (photos on top, their videos below, each column labelled), and
+    .attention.png, the temporal attention maps of the attacked blocks (figures.py)."""
+    videos, inputs = [], {}
+    device = model.device
+    for name, rgb8 in (("source", src8), ("guarded", guarded8)):
+        image = model_input(rgb8, size)  # (3, H, W) in [-1, 1], resized as the pipeline resizes
+        frames = model.video(rgb8, size=size, num_frames=num_frames, steps=steps, seed=seed,
+                             progress=f"video of the {name} photo")
+        videos.append((image, frames.cpu()))
+        inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
+    (src, V_src), (adv, V_adv) = videos
+    top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
+    grid = torch.stack([torch.cat([top, torch.cat([a, b], dim=-1)], dim=-2) for a, b in zip(V_src, V_adv)])
+    side_by_side = to_images(grid)  # F images (2W, 2H)
+    for im in side_by_side:
+        draw = ImageDraw.Draw(im)
+        for x, label in ((0, "source"), (im.width // 2, "guarded")):
+            draw.text((x + 3, 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
+
+    # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        X_0 = model.encode_frames(V_src.to(device))  # (1, F, C, h, w)
+    sigma = model.noise_levels(steps)[steps // 2]
+    X_t = model.S(X_0, sigma, torch.randn(X_0.shape, generator=g))
+    d = model.draw(g, size)
+    maps = temporal_maps(model, inputs, X_t, sigma, d, size, attn_blocks)
+    figure = io.BytesIO()
+    attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
+    return {".before.gif": video_bytes(to_images(V_src), FPS), ".after.gif": video_bytes(to_images(V_adv), FPS),
+            ".preview.gif": video_bytes(side_by_side, FPS), ".attention.png": figure.getvalue()}
