@@ -296,8 +296,8 @@ class CogVideoXPipeline:
     settings: DDIM over the release's trailing timesteps, guidance 6, 49 frames at 480x720.
 
     The condition c of the paper is the prompt's T5 embedding (the empty prompt by default: the paper's image-only
-    setting; another is tokenized with the release's tokenizer, or given as token_ids). It is made once, here, with the empty prompt's
-    (the negative prompt of guidance), and then `networks.text_encoder` is set to None: the 9.5 GB encoder is freed
+    setting; another is tokenized with the release's tokenizer, or given as token_ids). It is made once, here,
+    with the empty prompt's (the negative prompt of guidance), and then `networks.text_encoder` is set to None: the 9.5 GB encoder is freed
     and the pipeline keeps only the embeddings. The photo reaches the transformer through one path only, its VAE
     latents x = E(I, d), so embed(I) is None."""
 

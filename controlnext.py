@@ -174,7 +174,8 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
     param = next(unet.parameters())
     generator = seeded_generator(seed)
     with torch.no_grad():
-        latents, embeds = image_conditioning(networks, image, clip_image, NOISE_AUG, generator)  # (1, 4, h, w), (1, 1, D)
+        # (1, 4, h, w), (1, 1, D)
+        latents, embeds = image_conditioning(networks, image, clip_image, NOISE_AUG, generator)
         if noise is None:
             noise = torch.randn(len(poses), *latents.shape[1:], generator=generator)
         if noise.shape != (len(poses), *latents.shape[1:]):

@@ -58,7 +58,8 @@ def attention_figure(maps, latent_size):
         peak = max(change.max(), 1e-12)
         tiles.append(np.asarray(Image.fromarray(heat(change / peak)).resize((round(side * ww / hh), side),
                                                                             Image.Resampling.NEAREST)))
-        labels = [f"source: row i attends j, white {top:.2f}", "guarded", f"|A_adv - A_src| per {where}, max {peak:.2g}"]
+        labels = [f"source: row i attends j, white {top:.2f}", "guarded",
+                  f"|A_adv - A_src| per {where}, max {peak:.2g}"]
         rows.append((block, tiles, labels))
     width = max(sum(t.shape[1] + 8 for t in tiles) for _, tiles, _ in rows)
     height = sum(2 * LABEL + tiles[0].shape[0] + 8 for _, tiles, _ in rows)

@@ -179,7 +179,8 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
         guidance = None
         if max_guidance > 1:
             guidance = torch.linspace(min_guidance, max_guidance, num_frames).view(1, -1, 1, 1, 1).to(param)
-        x = sample_euler(svd.unet, x, sigmas, (latents, embeds, time_ids), guidance, progress, low_memory)[0]  # (F, 4, h, w)
+        cond = (latents, embeds, time_ids)
+        x = sample_euler(svd.unet, x, sigmas, cond, guidance, progress, low_memory)[0]  # (F, 4, h, w)
         if return_latents:
             return x
         return decode(svd.vae, x, decode_chunk_size).clamp(-1, 1)

@@ -98,7 +98,7 @@ def to_8bit(x):
 
 
 def gaussian_blur(x, sigma):
-    """(N,C,H,W) -> same, separable Gaussian of standard deviation sigma pixels, radius ceil(3 sigma), mirrored edges."""
+    """(N,C,H,W) -> same: a separable Gaussian of sigma pixels, radius ceil(3 sigma), mirrored edges."""
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-t**2 / (2 * sigma**2))

@@ -109,11 +109,13 @@ def test_attack_command_defaults_and_prompt_refusals(tmp_path, capsys):
     import attack
     photo = tmp_path / "p.png"
     Image.fromarray((np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8)).save(photo)
-    attack.main(["--image", str(photo), "--model", "tiny-cogvideox", "--steps", "2", "--sample-steps", "2", "--preview"])
+    attack.main(["--image", str(photo), "--model", "tiny-cogvideox", "--steps", "2", "--sample-steps", "2",
+                 "--preview"])
     report = json.loads((tmp_path / "p.guarded.json").read_text())
     with Image.open(tmp_path / "p.guarded.attention.png") as figure:  # two blocks; the third panel: F x F entries
         assert figure.height > 2 * 5 * 24
-    assert report["settings"]["eps"] == 16 / 255 and report["linf_8bit_levels"] == 16 and "prompt" not in report["settings"]
+    assert report["settings"]["eps"] == 16 / 255 and report["linf_8bit_levels"] == 16
+    assert "prompt" not in report["settings"]
     capsys.readouterr()
     for model, prompt, message in (("tiny", "a cat", "takes no prompt"), ("tiny-cogvideox", "a cat", "no tokenizer")):
         with pytest.raises(SystemExit) as e:

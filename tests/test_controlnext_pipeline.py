@@ -210,7 +210,8 @@ def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
     report = json.loads((tmp_path / "g.json").read_text())
     assert report["settings"]["pose"] == str(tmp_path / "poses.gif") and report["untrained_model"]
     capsys.readouterr()
-    for main, args in ((attack.main, ["--out", str(tmp_path / "h.png")]), (sample.main, ["--out", str(tmp_path / "w.gif")])):
+    for main, args in ((attack.main, ["--out", str(tmp_path / "h.png")]),
+                       (sample.main, ["--out", str(tmp_path / "w.gif")])):
         with pytest.raises(SystemExit) as e:
             main(["--image", str(photo), "--model", "tiny", "--pose", str(tmp_path / "poses.gif")] + args + small)
         err = capsys.readouterr().err.strip()
@@ -238,7 +239,8 @@ def test_the_release_layout_loads_strictly(tmp_path, folder, networks, monkeypat
     save_file({k: v.half().contiguous() for k, v in svd.unet.state_dict().items()}, release / RELEASE_UNET)
     monkeypatch.setattr(weights, "cached_or_download", lambda source, relpath: tmp_path / source / relpath)
     loaded, loaded_pose_encoder = load_controlnext("controlnext", dtype=torch.float32)
-    assert all(torch.equal(loaded_pose_encoder.state_dict()[k], v.float()) for k, v in pose_encoder.state_dict().items())
+    loaded_state = loaded_pose_encoder.state_dict()
+    assert all(torch.equal(loaded_state[k], v.float()) for k, v in pose_encoder.state_dict().items())
     assert all(torch.equal(loaded.unet.state_dict()[k], v.half().float()) for k, v in svd.unet.state_dict().items())
     assert sum(p.numel() for p in loaded_pose_encoder.parameters()) == 3_526_400 - (320 - 32) * 257
     save_file({"conv_in.weight": torch.zeros(1)}, release / RELEASE_UNET)

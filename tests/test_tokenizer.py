@@ -121,5 +121,6 @@ def test_cogvideox_prompts_use_the_release_tokenizer_file(model_dir, pair, tmp_p
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "spiece.model").write_bytes(next(model_dir.glob("*.model")).read_bytes())
     ids = prompt_tokens(str(tmp_path), "a cat, walking", 226)[0].tolist()
-    assert ids == reference.EncodeAsIds("a cat, walking") + [1] + [0] * (225 - len(reference.EncodeAsIds("a cat, walking")))
+    tokens = reference.EncodeAsIds("a cat, walking")
+    assert ids == tokens + [1] + [0] * (225 - len(tokens))
     assert prompt_tokens(str(tmp_path / "elsewhere"), "", 226)[0].tolist() == [1] + [0] * 225

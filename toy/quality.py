@@ -75,7 +75,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--gif", help="also write a GIF of the toy's videos of four example photos")
-    p.add_argument("--weights", default=str(TOY_MODEL), help="the trained toy's folder (default: the shipped toy/weights)")
+    p.add_argument("--weights", default=str(TOY_MODEL),
+                   help="the trained toy's folder (default: the shipped toy/weights)")
     args = p.parse_args(argv)
 
     toy = load_svd(args.weights, variant="fp16")
