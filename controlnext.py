@@ -204,6 +204,7 @@ class ControlNeXtPipeline(SVDPipeline):
         if not pose_sequences:
             raise ValueError("ControlNeXtPipeline needs at least one pose sequence")
         self.pose_encoder, self.pose_sequences = pose_encoder, list(pose_sequences)
+        self.last_control = None  # (what it was made for, control): G's two passes of an iteration share it
 
     @property
     def num_frames(self):
@@ -241,9 +242,14 @@ class ControlNeXtPipeline(SVDPipeline):
         unet, vae = self.networks.unet, self.networks.vae
         dtype = next(unet.parameters()).dtype
         frames, factor = X_t.shape[1], 2 ** (len(vae.config.block_out_channels) - 1)  # latent -> frame size
-        poses = fit_poses(self.poses(d[1], frames).to(X_t.device, torch.float32),
-                          (X_t.shape[-2] * factor, X_t.shape[-1] * factor))
-        control = pose_control(self.pose_encoder, poses, sigma, dtype)  # (F, C, h', w')
+        size = (X_t.shape[-2] * factor, X_t.shape[-1] * factor)
+        key = (d[1], frames, size, sigma, dtype, X_t.device)
+        if self.last_control is None or self.last_control[0] != key:
+            # the control depends on no photo: made once per draw, without gradients, for both passes
+            with torch.no_grad():
+                poses = fit_poses(self.poses(d[1], frames).to(X_t.device, torch.float32), size)
+                self.last_control = key, pose_control(self.pose_encoder, poses, sigma, dtype)  # (F, C, h', w')
+        control = self.last_control[1]
         latents = x.to(dtype)[:, None].expand(-1, frames, -1, -1, -1)  # (1, F, 4, h, w)
         time_ids = added_time_ids(self.fps, self.motion_bucket_id, self.noise_aug).to(X_t.device, dtype)  # (1, 3)
         return denoise(unet, X_t.to(dtype), sigma, latents, c.to(dtype), time_ids, attn_maps, maps_only,

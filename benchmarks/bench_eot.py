@@ -44,7 +44,7 @@ def main():
     settings = dict(num_frames=model.num_frames, size=size, tau1=0.5, tau2=0.5,
                     attn_blocks=model.default_attn_blocks(), sample_steps=25, seed=0)
     plain = Objective(model, I_src, TERMS, **settings)
-    eot = Objective(model, I_src, TERMS, eot=EOT_KINDS, **settings, V_0=None)
+    eot = Objective(model, I_src, TERMS, eot=EOT_KINDS, **settings)
     times = {"without EOT": [], "with EOT": []}
     for r in range(args.repeats):
         for name, objective in (("without EOT", plain), ("with EOT", eot)):

@@ -86,7 +86,7 @@ def test_resize_approximation_is_close_to_pillow(photo):
         assert 10 * math.log10(1 / (exact - smooth(spec, I)[0]).pow(2).mean()) > 35
 
 
-def test_blur_keeps_flat_images_and_the_mean():
+def test_blur_keeps_flat_images_and_takes_small_ones():
     flat = torch.full((1, 3, 9, 12), 0.3, dtype=torch.float64)
     torch.testing.assert_close(transforms.gaussian_blur(flat, 1.5), flat, rtol=0, atol=1e-12)
     x = torch.rand(1, 3, 5, 4, dtype=torch.float64)  # smaller than the kernel's radius
