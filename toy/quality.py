@@ -54,6 +54,16 @@ def clip_scores(models, clips, steps):
     return {name: {key: float(np.mean(v)) for key, v in row.items()} for name, row in rows.items()}
 
 
+def autoencoder_scores(vae, paths, size):
+    """Per example photo: PSNR of the autoencoder's reconstruction (posterior mean, decoded as a 1-frame video)."""
+    scores = {}
+    for path in paths:
+        image = model_input(read_photo(path)[0], size)
+        recon = vae.decode(vae.encode(image[None])[0], 1)[0]
+        scores[path.name] = psnr(recon, image)
+    return scores
+
+
 def photo_scores(svd, paths, steps, size):
     """Per example photo: PSNR of frame 0 to the photo, PSNR between neighbouring frames, mean frame change."""
     scores, videos = {}, {}
