@@ -6,20 +6,15 @@ incoherent video from the photo. It attacks three things at once (paper Eq. 1-4,
   temporal   L_att: the denoiser's temporal self-attention maps are pushed away from the source's;
   diffusion  L_con: the denoiser's predicted clean frames move to black frames and away from the
              video the model makes of the clean photo.
-The model comes as the pieces Algorithm 1 names (pipelines.py): its pipeline P, encoder E, noising S
+The model comes as the pieces Algorithm 1 names (pipelines/__init__.py): its pipeline P, encoder E, noising S
 and denoiser G; any model that provides them can be attacked.
 The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it. A photo
 whose report already records the same settings is skipped, so a rerun resumes; many photos can be
-shared among GPUs with torchrun or --shard (shard.py). With --eot, each iteration attacks the photo as
-the adversary may receive it: recompressed, resized, blurred or noisy (transforms.py).
+shared among GPUs with torchrun or --shard (plumbing/shard.py). With --eot, each iteration attacks the photo as
+the adversary may receive it: recompressed, resized, blurred or noisy (judging/transforms.py).
 
 example: python attack.py --image examples/astronaut.png
 """
-import argparse
-import json
-import math
-import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -27,24 +22,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cli import (FAILURE, MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, Parser, check_writable, command,
-                 default_dtype, default_low_memory, fail, integer, json_bytes, model_size, number, one_line,
-                 parse_device, pose_conditioned, refuse_clashes, text_conditioned, variant, weights_hint,
-                 write_files)
-from figures import preview
+from judging.figures import preview
+from judging.metrics import psnr, ssim
+from judging.transforms import differentiable, draw_eot
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
-from metrics import psnr, ssim
-from photos import png_bytes, read_mask, read_photo
-from pipelines import MODEL_HELP, load_pipeline
-from poses import read_poses
-from shard import join, parse_shard
-from transforms import differentiable, draw_eot, parse_eot
-from weights import DEFAULT_MODEL, WeightsError
+from pipelines import load_pipeline
+from pipelines.poses import read_poses
+from plumbing.cli import (FAILURE, command, default_dtype, default_low_memory, fail, json_bytes, model_size, one_line,
+                          parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint, write_files)
+from plumbing.files import already_protected, files_written, list_photos, output_paths, peak_memory, quantise
+from plumbing.flags import attack_flags
+from plumbing.photos import png_bytes, read_mask, read_photo
+from plumbing.shard import join
+from weights import WeightsError
 
 TERMS = ("img", "enc", "con", "att")
 # The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule.
 CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 class Objective:
@@ -150,7 +144,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
             size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), progress=False):
-    """Algorithm 1 against `model` (pipelines.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
+    """Algorithm 1 against `model` (pipelines/__init__.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
     (3,H0,W0) in [0,1], per-step log).
 
     method "photoguard" keeps only L_enc (the encoder attack); "random-sign" returns uniform-sign noise
@@ -196,13 +190,6 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "steps": log}
 
 
-def eot_kinds(text):
-    try:
-        return parse_eot(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def check_finite(step, tensors):
     """Stop at the first NaN or infinity in a step's losses, gradient or I_adv: every later step would be garbage."""
     broken = [name for name, t in tensors.items() if not t.isfinite().all()]
@@ -211,49 +198,7 @@ def check_finite(step, tensors):
                          "are broken")
 
 
-# ---------------------------------------------------------------- photo files
-def quantise(src8, I_adv, eps, mask):
-    """The guarded photo in 8 bits: src8 moved by at most floor(255 eps) levels, and not at all outside the mask."""
-    q = math.floor(eps * 255 + 1e-6)
-    d = (I_adv.cpu() * 255 - src8.float()).round().clamp(-q, q)
-    if mask is not None:
-        d = d * mask
-    return (src8.float() + d).clamp(0, 255).to(torch.uint8)
-
-
 # ---------------------------------------------------------------- command line
-def list_photos(paths):
-    """Photo files and folders of photos -> the photo files, each once (guarded outputs in folders left out)."""
-    photos = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            photos += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and ".guarded" not in f.name)
-        else:
-            photos.append(p)
-    unique = {}
-    for p in photos:
-        unique.setdefault(p.resolve(), p)
-    return list(unique.values())
-
-
-def output_paths(photos, inputs, out):
-    """Where each photo's guarded PNG goes: beside it by default; else --out names one PNG, or a folder when
-    it is one, ends in a slash, or a folder or several photos were given."""
-    if out is None:
-        return [p.with_name(f"{p.stem}.guarded.png") for p in photos]
-    if len(photos) > 1 or any(Path(i).is_dir() for i in inputs) or out.endswith(("/", os.sep)) or Path(out).is_dir():
-        check_writable(out, may_create=True)
-        return [Path(out) / f"{p.stem}.guarded.png" for p in photos]
-    if Path(out).suffix.lower() != ".png":
-        fail(f"--out must be a .png file, or a folder (end it with /), got {out}")
-    check_writable(Path(out).parent)
-    return [Path(out)]
-
-
-def files_written(out, preview):
-    """The files written for one photo: the guarded PNG, its report and, with --preview, three GIFs."""
-    suffixes = [".json"] + [".before.gif", ".after.gif", ".preview.gif", ".attention.png"] * preview
-    return [out] + [out.with_suffix(suffix) for suffix in suffixes]
 
 
 def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
@@ -307,85 +252,9 @@ def report_settings(args):
     return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", *unused)}
 
 
-def already_protected(out, settings):
-    """Whether an earlier run protected this photo with these settings: its report, the last file written,
-    is there and records them."""
-    try:
-        return json.loads(out.with_suffix(".json").read_text())["settings"] == json.loads(json_bytes(settings))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, TypeError, KeyError):
-        return False
-
-
-def peak_memory(device):
-    """Peak memory of this run: CUDA max allocated, or the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 @command
 def main(argv=None):
-    p = Parser(description=__doc__)
-    p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
-    p.add_argument("--out", help="output PNG (one photo) or folder (several photos, a folder, or a path ending "
-                   "in /); default: <photo>.guarded.png beside each photo")
-    p.add_argument("--mask", help="protect only where this image (same size as the photo) is brighter than mid-grey")
-    p.add_argument("--method", choices=["i2vguard", "photoguard", "random-sign"], default="i2vguard",
-                   help="i2vguard, the encoder-only baseline, or random +-eps noise (same L_inf)")
-    p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
-    p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
-    p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
-    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
-    p.add_argument("--eps", type=number, help="L_inf budget in [0,1] pixel units (default: 8/255; 16/255 for "
-                   "CogVideoX, which the paper says needs stronger noise than SVD)")
-    p.add_argument("--step-size", type=number, default="1/255", help="lambda, the step size of each update")
-    p.add_argument("--update", choices=["sign", "gradient"], default="sign",
-                   help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
-    p.add_argument("--fidelity", type=number, default=0.0,
-                   help="weight of ||I_adv - I_src||^2, relative to its calibrated gradient (0: the L_inf "
-                        "projection alone keeps the photo close)")
-    p.add_argument("--alpha", type=number, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
-    p.add_argument("--beta", type=number, default=1.0, help="weight of L_con, relative to its calibrated gradient")
-    p.add_argument("--gamma", type=number, default=1.0, help="weight of L_att, relative to its calibrated gradient")
-    p.add_argument("--tau1", type=number, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
-    p.add_argument("--tau2", type=number, default=0.5, help="offset of L_att (does not change the gradient)")
-    p.add_argument("--eot", type=eot_kinds, metavar="KINDS",
-                   help="expectation over transformations: comma-separated kinds from jpeg,resize,blur,noise; "
-                        "each iteration attacks the photo after one of them (or none), drawn at random "
-                        "(transforms.py), so that the protection survives them")
-    p.add_argument("--pose", metavar="POSES",
-                   help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
-                        "name) or an animated GIF/WebP; default: the generic sequences of poses.py, one drawn per "
-                        "iteration (expectation over conditions)")
-    p.add_argument("--prompt", default="", help="text-conditioned models (--model cogvideox): the adversary's prompt; "
-                   "default: none, the paper's image-only setting")
-    p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
-                   help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
-                        "attacked (default: the model's own choice, see README: Attention maps)")
-    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="video frames (default: the model's num_frames)")
-    p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="the adversary's model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
-    p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="the adversary's model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
-    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS),
-                   help="denoising steps of the adversary's sampler: V_0, the attacked noise levels and the preview "
-                        "videos (default: 25; 50 for CogVideoX, as the release samples)")
-    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
-                   help="seed of the random start, noise draws and videos")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
-                   "(as the official repos ship), none for *.safetensors")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                   help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
-    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
-                   help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
-                        "(default: on for GPUs under 40 GiB)")
-    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF")
-    p.add_argument("--shard", type=parse_shard, metavar="K/N",
-                   help="protect only the K-th of N shares of the photos (a Slurm array task); under torchrun "
-                        "each worker takes its part of that share")
-    args = p.parse_args(argv)
+    args = attack_flags(__doc__).parse_args(argv)
 
     text_model = text_conditioned(args.model)
     args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255

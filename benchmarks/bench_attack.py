@@ -120,9 +120,9 @@ class DiffusersObjective:
     """The loss terms of one attack iteration computed with the reference classes."""
 
     def __init__(self, unet, vae, clip, I_src, V_0, dtype):
-        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import \
-            _resize_with_antialiasing
-        from sample import CLIP_MEAN, CLIP_STD, added_time_ids
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+
+        from pipelines.svd import CLIP_MEAN, CLIP_STD, added_time_ids
         self.unet, self.vae, self.clip, self.I_src, self.dtype = unet, vae, clip, I_src, dtype
         self.resize = _resize_with_antialiasing
         self.mean = torch.tensor(CLIP_MEAN, device=I_src.device).view(1, 3, 1, 1)
@@ -175,9 +175,8 @@ class DiffusersObjective:
 # ---------------------------------------------------------------- one process measures one side
 def worker(args):
     from attack import TERMS, Objective
-    from svd import SVDPipeline, to_model_input
-    from sample import added_time_ids, image_latents
     from losses import total_loss
+    from pipelines.svd import SVDPipeline, added_time_ids, image_latents, to_model_input
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     spec = SIZES[args.size]
     size, frames = spec["size"], spec["frames"]

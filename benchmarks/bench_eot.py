@@ -14,11 +14,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attack import TERMS, Objective  # noqa: E402
-from cli import model_size  # noqa: E402
+from judging.transforms import EOT_KINDS
 from losses import total_loss  # noqa: E402
-from photos import read_photo  # noqa: E402
 from pipelines import load_pipeline  # noqa: E402
-from transforms import EOT_KINDS  # noqa: E402
+from plumbing.cli import model_size
+from plumbing.photos import read_photo
 
 
 def iterate(objective, I_src, steps, seed):

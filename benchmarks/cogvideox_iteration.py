@@ -17,10 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attack import TERMS, Objective  # noqa: E402
-from cogvideox import CogVideoX, CogVideoXPipeline, tiny_cogvideox  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, CogVideoXVAE, CogVideoXVAEConfig  # noqa: E402
 from model.t5 import T5Config, T5Encoder  # noqa: E402
+from pipelines.cogvideox import CogVideoX, CogVideoXPipeline, tiny_cogvideox
 
 
 def random_official(dtype, device):

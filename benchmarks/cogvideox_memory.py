@@ -35,10 +35,10 @@ import model.cogvideox.frame_attention as frame_attention  # noqa: E402
 import model.cogvideox.transformer as transformer_module  # noqa: E402
 import model.layers as layers  # noqa: E402
 from attack import TERMS, Objective  # noqa: E402
-from cogvideox import CogVideoX, CogVideoXPipeline  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.cogvideox import CogVideoXTransformer, CogVideoXVAE  # noqa: E402
 from model.t5 import T5Config, T5Encoder  # noqa: E402
+from pipelines.cogvideox import CogVideoX, CogVideoXPipeline
 
 GiB = 2**30
 PARTS = ("VAE encoder", "transformer blocks", "frame-attention maps", "the rest")

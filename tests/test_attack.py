@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 import attack
-import figures
 from attack import TERMS, Objective, protect, selected_terms
+from judging import figures
 from losses import attention_distance, total_loss
-from cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, tiny_cogvideox
-from controlnext import ControlNeXtPipeline, tiny_controlnext
-from poses import generic_poses
-from svd import SVDPipeline
+from pipelines.cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, tiny_cogvideox
+from pipelines.controlnext import ControlNeXtPipeline, tiny_controlnext
+from pipelines.poses import generic_poses
+from pipelines.svd import SVDPipeline
 from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 4, 4

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attack import Objective
-from cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, load_by_name, tiny_cogvideox
 from losses import attention_distance
+from pipelines.cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, load_by_name, tiny_cogvideox
 
 pytestmark = pytest.mark.filterwarnings("ignore:tiny_cogvideox:UserWarning")
 

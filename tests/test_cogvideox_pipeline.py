@@ -11,13 +11,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
-                       CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel)
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+    CogVideoXImageToVideoPipeline,
+    CogVideoXTransformer3DModel,
+)
+from oracles import max_abs_diff
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 
-from cogvideox import CogVideoX, generate_cogvideox, load_cogvideox, prompt_embeddings, prompt_ids
-from oracles import max_abs_diff
+from pipelines.cogvideox import CogVideoX, generate_cogvideox, load_cogvideox, prompt_embeddings, prompt_ids
 from weights import WeightsError
 
 TOL = 1e-3

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
+from oracles import TINY_UNETS, TOL, max_abs_diff, randomize_, shapes, unet_inputs, unet_pair
 from torch import nn
 
 from model import PoseEncoder, PoseEncoderConfig, inject_control
-from oracles import TINY_UNETS, TOL, max_abs_diff, randomize_, shapes, unet_inputs, unet_pair
 
 
 class OraclePoseEncoder(nn.Module):

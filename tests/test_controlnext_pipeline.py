@@ -1,4 +1,4 @@
-"""controlnext.py (controlnext.md): the sliding-window sampler equals the release's loop written out here from the
+"""pipelines/controlnext.py (controlnext.md): the sliding-window sampler equals the release's loop written out here from the
 facts (windows, constant guidance with the control off in the unconditional half, a separate Euler step per window,
 per-frame averages); a folder in the documented layout loads strictly and gives the same video as the networks it
 was written from, and a wrong key or shape is a one-line WeightsError naming it; ControlNeXtPipeline draws as
@@ -12,14 +12,15 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from oracles import max_abs_diff
 from safetensors.torch import load_file, save_file
 
 import sample
-from controlnext import TINY_POSE_ENCODER, ControlNeXtPipeline, generate_controlnext, load_controlnext
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, karras_sigmas
-from oracles import max_abs_diff
-from svd import SVDPipeline
+from pipelines import svd as svd_pipeline
+from pipelines.controlnext import TINY_POSE_ENCODER, ControlNeXtPipeline, generate_controlnext, load_controlnext
+from pipelines.svd import SVDPipeline
 from weights import WeightsError, tiny_svd
 
 H, W = 64, 64
@@ -55,8 +56,8 @@ def reference_video(svd, pose_encoder, image, poses, *, seed, steps, guidance, w
     g = torch.Generator().manual_seed(seed)
     aug_noise = torch.randn(1, 3, H, W, generator=g)  # the pipeline's draws: augmentation noise, then initial noise
     noise = torch.randn(num_frames, 4, H // 8, W // 8, generator=g)
-    embeds = sample.clip_embedding(svd.image_encoder, image[None])  # (1, 1, D)
-    latents = sample.image_latents(svd.vae, image[None], 0.02, aug_noise)  # (1, 4, h, w), unscaled
+    embeds = svd_pipeline.clip_embedding(svd.image_encoder, image[None])  # (1, 1, D)
+    latents = svd_pipeline.image_latents(svd.vae, image[None], 0.02, aug_noise)  # (1, 4, h, w), unscaled
     time_ids = torch.tensor([[6.0, 128.0, 0.02]], dtype=torch.float64)
     cond = (latents[:, None].repeat(1, window, 1, 1, 1), embeds, time_ids)
     uncond = (torch.zeros_like(cond[0]), torch.zeros_like(embeds), cond[2])
@@ -193,8 +194,9 @@ def test_pipeline_draws_and_controlled_denoiser(networks):
 
 # ---------------------------------------------------------------- the commands
 def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
-    import attack
     from PIL import Image
+
+    import attack
     rng = np.random.default_rng(0)
     photo = tmp_path / "photo.png"
     Image.fromarray((rng.random((64, 48, 3)) * 255).astype(np.uint8)).save(photo)
@@ -223,7 +225,7 @@ def test_the_release_layout_loads_strictly(tmp_path, folder, networks, monkeypat
     """--model controlnext: SVD-XT 1.1's VAE, CLIP and UNet config, and the release's two float16 files (the
     pose encoder at the release's size, the fine-tuned UNet under diffusers' names), all through the hub."""
     import weights
-    from controlnext import BASE_REPO, RELEASE_POSE_ENCODER, RELEASE_REPO, RELEASE_UNET
+    from pipelines.controlnext import BASE_REPO, RELEASE_POSE_ENCODER, RELEASE_REPO, RELEASE_UNET
     svd, _ = networks
     base, release = tmp_path / BASE_REPO, tmp_path / RELEASE_REPO
     for part, stem in (("vae", "diffusion_pytorch_model"), ("image_encoder", "model"), ("unet", None)):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import evaluate
+from judging import report
 
 ARGS = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--steps", "2",
         "--sample-steps", "2", "--methods", "random-sign,no-temporal"]
@@ -32,7 +33,7 @@ def test_folder_protocol_end_to_end_and_resume(photos, tmp_path, capsys):
     for stem in "abc":
         assert {p.name for p in (out / stem).iterdir()} == {"random-sign.png", "no-temporal.png", "metrics.json", "contact.png"}
         with Image.open(out / stem / "contact.png") as sheet:
-            assert sheet.height == 3 * evaluate.SHEET_HEIGHT  # V_0 and one row per method
+            assert sheet.height == 3 * report.SHEET_HEIGHT  # V_0 and one row per method
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 9 and {r["method"] for r in rows} == {"original", "random-sign", "no-temporal"}
     record = json.loads((out / "results.json").read_text())[0]

@@ -11,11 +11,10 @@ import torch
 
 import attack
 import evaluate
-import metrics
 from attack import TERMS, Objective, calibrate
-from photos import read_photo
-from sample import generate, load_model
-from svd import SVDPipeline
+from judging import metrics
+from pipelines.svd import SVDPipeline, generate, load_model
+from plumbing.photos import read_photo
 from weights import TOY_MODEL, tiny_svd
 
 EXAMPLES = TOY_MODEL.parents[1] / "examples"

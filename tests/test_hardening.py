@@ -20,10 +20,11 @@ import attack
 import evaluate
 import pipelines
 import sample
-import svd as svd_pipeline
 import weights
-from cli import write_files
-from photos import MAX_PIXELS, MIN_SIDE
+from pipelines import svd as svd_pipeline
+from plumbing.cli import write_files
+from plumbing.flags import AESTHETIC_SOURCE, DINO_SOURCE
+from plumbing.photos import MAX_PIXELS, MIN_SIDE
 from weights import WeightsError, tiny_svd
 
 ROOT = attack.Path(attack.__file__).parent
@@ -351,7 +352,7 @@ def test_evaluate_goes_on_past_a_bad_photo_and_remakes_a_corrupt_record(tmp_path
 
 def test_evaluate_refuses_to_resume_with_other_settings(photo, tmp_path, capsys):
     settings = dict(model="tiny", variant="fp16", dtype="float32", eps=8 / 255, steps=1, seed=0, frames=3,
-                    sample_steps=2, height=64, width=64, decode_chunk=None, no_judges=False, dino=evaluate.DINO_SOURCE, aesthetic=evaluate.AESTHETIC_SOURCE)
+                    sample_steps=2, height=64, width=64, decode_chunk=None, no_judges=False, dino=DINO_SOURCE, aesthetic=AESTHETIC_SOURCE)
     (tmp_path / "out/photo").mkdir(parents=True)
     videos = {"original": {"static": True}, "random-sign": {"static": True}}
     (tmp_path / "out/photo/metrics.json").write_text(json.dumps({"photo": "photo.png", "videos": videos,

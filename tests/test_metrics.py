@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from metrics import psnr, ssim
+from judging.metrics import psnr, ssim
 
 
 def image_pairs():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-import poses
+from pipelines import poses
 
 H, W = 1024, 576  # the release's frame: its lines are 2-3 pixels wide here
 

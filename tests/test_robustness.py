@@ -12,7 +12,8 @@ from PIL import Image
 import attack
 import evaluate
 from attack import TERMS, Objective
-from svd import SVDPipeline
+from judging import report
+from pipelines.svd import SVDPipeline
 from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 3, 3
@@ -106,10 +107,10 @@ def test_survival_report_end_to_end(tmp_path, capsys):
         for scores in record["transformed"].values():
             assert set(scores) == {"original", "i2vguard", "random"}
         with Image.open(out / stem / "transformed.png") as sheet:  # per transformation: source, i2vguard
-            assert sheet.height == 3 * 2 * evaluate.SHEET_HEIGHT
+            assert sheet.height == 3 * 2 * report.SHEET_HEIGHT
     worst = [max(s["i2vguard"]["video_psnr"] for s in json.loads((out / stem / "metrics.json").read_text())
                  ["transformed"].values()) for stem in "ab"]
-    assert "| Our guarded image | " in tables and evaluate.mean_std(worst, 1) in tables.split("PSNR to V_0^T")[1]
+    assert "| Our guarded image | " in tables and report.mean_std(worst, 1) in tables.split("PSNR to V_0^T")[1]
 
 
 def test_bad_transforms_are_one_line(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""sample.generate is diffusers' StableVideoDiffusionPipeline: on a tiny random SVD whose weights are
+"""svd_pipeline.generate is diffusers' StableVideoDiffusionPipeline: on a tiny random SVD whose weights are
 copied into the reference models, the same image and the same initial noise give the same final
 latents and the same frames to 1e-3 (float32), with guidance on and off, and a seed gives the
 reference's video for the same CPU generator seed. The CLI writes a playable GIF and turns bad input
@@ -15,12 +15,13 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+from oracles import max_abs_diff, oracle_clip, oracle_unet, oracle_vae
 from PIL import Image
+from test_edm import OFFICIAL_SCHEDULER
 from transformers import CLIPImageProcessor
 
 import sample
-from oracles import max_abs_diff, oracle_clip, oracle_unet, oracle_vae
-from test_edm import OFFICIAL_SCHEDULER
+from pipelines import svd as svd_pipeline
 from weights import tiny_svd
 
 ROOT = Path(sample.__file__).parent
@@ -89,8 +90,8 @@ def test_generate_matches_pipeline(svd_and_pipeline, image_file, max_guidance, d
     image = sample.load_image(image_file, (height, width))
     ours = dict(num_frames=frames, steps=steps, noise_aug_strength=0.0, min_guidance=1.0,
                 max_guidance=max_guidance, decode_chunk_size=decode_chunk, noise=noise)
-    latents = sample.generate(svd, image, return_latents=True, **ours)
-    out = sample.generate(svd, image, **ours)
+    latents = svd_pipeline.generate(svd, image, return_latents=True, **ours)
+    out = svd_pipeline.generate(svd, image, **ours)
     assert max_abs_diff(f"final latents, max_guidance {max_guidance}", latents, ref_latents) <= TOL
     assert max_abs_diff(f"frames, max_guidance {max_guidance}", out, ref_frames) <= TOL
     assert out.shape == (frames, 3, height, width) and out.abs().max() <= 1
@@ -103,7 +104,7 @@ def test_seed_gives_the_pipeline_video_for_the_same_generator_seed(svd_and_pipel
                                noise_aug_strength=0.1, max_guidance_scale=1.0,
                                generator=torch.Generator().manual_seed(11))
     image = sample.load_image(image_file, (64, 96))
-    latents = sample.generate(svd, image, num_frames=2, steps=2, noise_aug_strength=0.1, max_guidance=1.0,
+    latents = svd_pipeline.generate(svd, image, num_frames=2, steps=2, noise_aug_strength=0.1, max_guidance=1.0,
                               seed=11, return_latents=True)
     assert max_abs_diff("final latents, seed 11, noise_aug 0.1", latents, ref_latents) <= TOL
 
@@ -114,7 +115,7 @@ def test_photo_of_another_size_conditions_as_the_pipeline(svd_and_pipeline, imag
     noise = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(7))
     _, ref_latents = reference(pipe, image_file, height=48, width=64, num_frames=2, num_inference_steps=2,
                                noise_aug_strength=0.0, max_guidance_scale=1.0, latents=noise[None].clone())
-    latents = sample.generate(svd, sample.load_image(image_file, (48, 64)), num_frames=2, steps=2,
+    latents = svd_pipeline.generate(svd, sample.load_image(image_file, (48, 64)), num_frames=2, steps=2,
                               noise_aug_strength=0.0, max_guidance=1.0, noise=noise, return_latents=True,
                               clip_image=sample.load_image(image_file))
     assert max_abs_diff("final latents, 64x96 photo at 48x64", latents, ref_latents) <= TOL
@@ -124,14 +125,14 @@ def test_photo_of_another_size_conditions_as_the_pipeline(svd_and_pipeline, imag
 def test_resize_for_clip_matches_reference(shape):
     x = torch.rand(shape) * 2 - 1
     ref = _resize_with_antialiasing(x, (224, 224))
-    assert max_abs_diff(f"CLIP resize {shape[-2:]}", sample.resize_for_clip(x), ref) <= 1e-5
+    assert max_abs_diff(f"CLIP resize {shape[-2:]}", svd_pipeline.resize_for_clip(x), ref) <= 1e-5
 
 
 def test_conditioning_passes_gradients_to_the_image(svd_and_pipeline):
     svd, _ = svd_and_pipeline
     image = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_()
-    embeds = sample.clip_embedding(svd.image_encoder, image)
-    latents = sample.image_latents(svd.vae, image, 0.02, torch.randn_like(image))
+    embeds = svd_pipeline.clip_embedding(svd.image_encoder, image)
+    latents = svd_pipeline.image_latents(svd.vae, image, 0.02, torch.randn_like(image))
     assert embeds.shape == (1, 1, svd.image_encoder.config.projection_dim) and latents.shape == (1, 4, 8, 8)
     (embeds.sum() + latents.sum()).backward()
     assert image.grad.abs().sum() > 0
@@ -204,6 +205,6 @@ def test_float16_vae_encodes_in_float32_and_stays_float16(image_file):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         svd = tiny_svd(seed=0, dtype=torch.float16)
-    frames = sample.generate(svd, sample.load_image(image_file, (64, 64)), num_frames=2, steps=1, seed=0)
+    frames = svd_pipeline.generate(svd, sample.load_image(image_file, (64, 64)), num_frames=2, steps=1, seed=0)
     assert svd.vae.config.force_upcast and {p.dtype for p in svd.vae.parameters()} == {torch.float16}
     assert frames.dtype == torch.float32 and frames.shape == (2, 3, 64, 64) and frames.isfinite().all()

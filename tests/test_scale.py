@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_hardening import run
 
 import attack
 import evaluate
-from shard import share_of
-from test_hardening import run
+from plumbing.shard import share_of
 
 ROOT = attack.Path(attack.__file__).parent
 TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]

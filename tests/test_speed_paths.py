@@ -84,11 +84,11 @@ def test_bfloat16_close_to_float32():
 def test_low_memory_sampling_equals_batched_guidance():
     """float64: a batch of two and two batches of one round differently, which the random tiny network
     amplifies to ~1e-4 in float32 over a few guided steps."""
-    import sample
+    from pipelines import svd as svd_pipeline
     svd = tiny_svd(0, dtype=torch.float64)
     image = torch.rand(3, 64, 64) * 2 - 1
     kwargs = dict(num_frames=3, steps=3, seed=0, decode_chunk_size=3, max_guidance=3.0)
     with torch.no_grad():
-        plain = sample.generate(svd, image, **kwargs)
-        low = sample.generate(svd, image, low_memory=True, **kwargs)
+        plain = svd_pipeline.generate(svd, image, **kwargs)
+        low = svd_pipeline.generate(svd, image, low_memory=True, **kwargs)
     torch.testing.assert_close(low, plain, rtol=0, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Our T5Tokenizer (tokenizer.py, standard library only) is sentencepiece on the same model file. A tiny Unigram model
+"""Our T5Tokenizer (pipelines/tokenizer.py, standard library only) is sentencepiece on the same model file. A tiny Unigram model
 is trained here the way T5's was (nmt_nfkc normalisation; <pad> 0, </s> 1, <unk> 2, no <s>): our ids are
 sentencepiece's EncodeAsIds for tricky strings and random text, our normalisation is sentencepiece's for every Unicode
 code point, byte fallback included; ids() is transformers' T5Tokenizer with padding="max_length" and truncation, as the
@@ -9,8 +9,8 @@ import pytest
 import sentencepiece as spm
 from transformers import T5Tokenizer as ReferenceT5Tokenizer
 
-from cogvideox import prompt_ids, prompt_tokens
-from tokenizer import T5Tokenizer
+from pipelines.cogvideox import prompt_ids, prompt_tokens
+from pipelines.tokenizer import T5Tokenizer
 
 CORPUS = """The quick brown fox jumps over the lazy dog. A cat walks slowly across the room, then sits.
 Café, naïve, résumé, déjà vu, über, façade, piñata, Zürich, São Paulo, Ærø.
@@ -27,7 +27,7 @@ STRINGS = ["", " ", "   ", "\t\n", "hello world", "  leading spaces", "trailing 
            "ｆｕｌｌ－ｗｉｄｔｈ　ＡＢＣ　１２３！", "ﬁ ligature, ½, x², ㎏, Ⅸ, ℌ", "\u00a0no-break\u2003em\u3000ideographic",
            "zero\u200bwidth\u200d joiner", "\x00\x01 control \x7f chars", "unknown: 漢字 ☃ 🙂 ω", "☃☃☃ unknown run",
            "x" * 60, "ellipsis... and more.... dots", "A cat. " * 60, CORPUS * 3]
-# transformers >= 5 (the `tokenizers` library) differs from sentencepiece on these, as tokenizer.py's docstring says
+# transformers >= 5 (the `tokenizers` library) differs from sentencepiece on these, as pipelines/tokenizer.py's docstring says
 SENTENCEPIECE_ONLY = ["next\x85line\u2028separator", "</s> <pad> <extra_id_0> as text", "\uff21\u0301, e\u0301\u0301"]
 ALPHABET = "abcdeftz ABZ  \t\n.,;!?-'\"0123456789éüñÆ\u0301ｆＡ１　\u00a0\u200b漢☃🙂"
 

@@ -10,11 +10,10 @@ import torch
 from PIL import Image
 
 import attack
-from attack import protect, quantise
-from photos import read_photo
-from photos import model_input
-from sample import generate, load_model
-from svd import SVDPipeline
+from attack import protect
+from pipelines.svd import SVDPipeline, generate, load_model
+from plumbing.files import quantise
+from plumbing.photos import model_input, read_photo
 from weights import TOY_MODEL, load_svd
 
 EXAMPLES = TOY_MODEL.parents[1] / "examples"

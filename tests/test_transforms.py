@@ -1,4 +1,4 @@
-"""transforms.py: each differentiable transformation gives exactly the real one's output in its forward pass
+"""judging/transforms.py: each differentiable transformation gives exactly the real one's output in its forward pass
 (JPEG: Pillow's encoder and decoder, at odd sizes and with its 4:2:0 chroma subsampling), a finite, non-zero
 gradient, and where its approximation is smooth a gradient equal to finite differences; the JPEG
 approximation is close to Pillow's codec; specs parse or are refused in one line; EOT draws every kind."""
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import transforms
-from transforms import differentiable, draw_eot, parse, parse_eot, real, smooth
+from judging import transforms
+from judging.transforms import differentiable, draw_eot, parse, parse_eot, real, smooth
 
 SIZES = [(32, 32), (37, 53), (17, 24)]  # whole MCUs, odd sizes, less than one MCU high
 

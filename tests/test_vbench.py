@@ -6,16 +6,16 @@ import math
 
 import pytest
 import torch
+from oracles import TOL, max_abs_diff
 from safetensors.torch import save_file
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, ViTConfig as HFViTConfig, ViTModel
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, ViTModel
+from transformers import ViTConfig as HFViTConfig
 
-import metrics
-from weights import load_checked
+from judging import metrics
 from model import AESTHETIC_CLIP, DINO, AestheticPredictor, CLIPConfig, ViTConfig
 from model.vit import interpolate_position_embeddings
-from oracles import TOL, max_abs_diff
-from weights import WeightsError
+from weights import WeightsError, load_checked
 
 TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=8,
                 image_size=32, layer_norm_eps=1e-6)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from model import VAE, CLIPImageEncoder, UNet
-from photos import model_input, read_photo, to_images, video_bytes
-from sample import generate
+from plumbing.photos import model_input, read_photo, to_images, video_bytes
+from pipelines.svd import generate
 from toy.data import ClipMaker, load_photos, motion_bucket
 from weights import SVD, TOY_MODEL, load_svd
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from model import VAE, CLIPConfig, CLIPImageEncoder, UNet, UNetConfig, VAEConfig
 from model.edm import denoise
-from sample import clip_embedding, image_latents
+from pipelines.svd import clip_embedding, image_latents
 from toy.data import ClipMaker, load_photos, motion_bucket
 from toy.plot import loss_curve
 

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from photos import model_input, to_images, video_bytes
-
+from plumbing.photos import model_input, to_images, video_bytes
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
 FPS = 7  # frame rate of the preview GIFs
@@ -81,7 +80,7 @@ def preview(model, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
     """The videos the model makes from the source photo and from the guarded one (same seed), as the
     adversary would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif,
     .after.gif, .preview.gif side by side (photos on top, their videos below, each column labelled), and
-    .attention.png, the temporal attention maps of the attacked blocks (figures.py)."""
+    .attention.png, the temporal attention maps of the attacked blocks (judging/figures.py)."""
     videos, inputs = [], {}
     device = model.device
     for name, rgb8 in (("source", src8), ("guarded", guarded8)):

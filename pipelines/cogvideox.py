@@ -17,7 +17,7 @@ The release is in the diffusers layout; every key and shape is checked, any prob
 The sampler follows diffusers' CogVideoXImageToVideoPipeline step by step, random draws included, so a seed gives
 the reference's video for a CPU generator with that seed (see generate_cogvideox).
 
-For the attack, CogVideoXPipeline gives the pieces of Algorithm 1 that attack.py works through (svd.py names them):
+For the attack, CogVideoXPipeline gives the pieces of Algorithm 1 that attack.py works through (pipelines/svd.py names them):
 
     pipeline = CogVideoXPipeline(load_by_name("cogvideox"))   # embeds the prompt once, then frees T5
     I_adv, log = attack.protect(pipeline, photo, size=(480, 720))
@@ -32,14 +32,13 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
+from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, CogVideoXVAE, CogVideoXVAEConfig
 from model.cogvideox.scheduler import (abar_at, alphas_cumprod, ddim_step, dpm_step, dynamic_guidance_scale,
                                        predicted_x0, prev_timestep, timesteps)
-from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, CogVideoXVAE, CogVideoXVAEConfig
 from model.t5 import TIED_KEYS, T5Config, T5Encoder
-from photos import model_input
-from sample import seeded_generator
-from svd import to_model_input
-from tokenizer import T5Tokenizer
+from pipelines.svd import seeded_generator, to_model_input
+from pipelines.tokenizer import T5Tokenizer
+from plumbing.photos import model_input
 from weights import WeightsError, fetch, load_checked, read_config, shard_files
 
 DEFAULT_MODEL = "THUDM/CogVideoX-5b-I2V"
@@ -158,7 +157,7 @@ def load_by_name(name, dtype=torch.bfloat16, device="cpu"):
 # ---------------------------------------------------------------- prompt
 def prompt_tokens(source, prompt, length=TEXT_LENGTH):
     """The token ids (1, length) of a prompt, with the release's tokenizer (tokenizer/spiece.model of `source`, read
-    by tokenizer.py) unless the prompt is empty, which needs none."""
+    by pipelines/tokenizer.py) unless the prompt is empty, which needs none."""
     if prompt == "":
         return prompt_ids("", length)
     if source == TINY:
@@ -292,7 +291,7 @@ def widened(dtype):
 
 
 class CogVideoXPipeline:
-    """CogVideoX-5B-I2V as the pieces of Algorithm 1 (svd.py says what each piece is), with the release's pipeline
+    """CogVideoX-5B-I2V as the pieces of Algorithm 1 (pipelines/svd.py says what each piece is), with the release's pipeline
     settings: DDIM over the release's trailing timesteps, guidance 6, 49 frames at 480x720.
 
     The condition c of the paper is the prompt's T5 embedding (the empty prompt by default: the paper's image-only

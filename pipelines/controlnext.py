@@ -3,7 +3,7 @@
     networks, pose_encoder = load_controlnext()                    # the release, from the hub
     networks, pose_encoder = load_controlnext("/path/to/folder")   # a folder in the layout below
     frames = generate_controlnext(networks, pose_encoder, image, poses, seed=0)
-    model = ControlNeXtPipeline(networks, pose_encoder, [poses])   # P, E, S, G for attack.py (see svd.py)
+    model = ControlNeXtPipeline(networks, pose_encoder, [poses])   # P, E, S, G for attack.py (see pipelines/svd.py)
 
 The release is SVD-XT 1.1's VAE and CLIP image encoder, a fine-tuned SVD UNet and a pose encoder
 (model/controlnext.py). "controlnext" fetches them from the hub: vae/, image_encoder/ and unet/config.json of
@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, euler_step, karras_sigmas, precondition
-from photos import model_input
-from sample import added_time_ids, decode, image_conditioning, seeded_generator
-from svd import SVDPipeline, to_model_input
+from pipelines.svd import SVDPipeline, added_time_ids, decode, image_conditioning, seeded_generator, to_model_input
+from plumbing.photos import model_input
 from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
 BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
@@ -166,7 +165,7 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
     guidance over sliding windows (sample_windows), decoding decode_chunk_size frames at a time.
 
     noise is the unit-variance initial noise (F,4,H/8,W/8); otherwise it is drawn after the augmentation noise from
-    a CPU generator seeded with `seed` (random when None), as sample.generate draws them. clip_image (3,H0,W0) in
+    a CPU generator seeded with `seed` (random when None), as pipelines/svd.py's generate draws them. clip_image (3,H0,W0) in
     [-1,1] is the photo at its own size for the CLIP path (default: image)."""
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
@@ -194,7 +193,7 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
 
 # ---------------------------------------------------------------- the attack's view
 class ControlNeXtPipeline(SVDPipeline):
-    """ControlNeXt-SVD-v2 as the pieces of Algorithm 1 (svd.py), in expectation over pose sequences: each draw d
+    """ControlNeXt-SVD-v2 as the pieces of Algorithm 1 (pipelines/svd.py), in expectation over pose sequences: each draw d
     is (the augmentation noise, the index of one of `pose_sequences`, (F,3,H,W) in [0,1], each starting with the
     photo's pose). The release's settings: time ids [6, 128, 0.02], guidance 3, windows of 24 frames overlapping
     by 6, decoding 2 frames at a time; P and video follow pose sequence 0."""

@@ -1,6 +1,6 @@
 """The survival report: does a guarded photo still protect after what happens to photos online?
 
-For each transformation T (transforms.py, the real ones: Pillow's JPEG codec and resizing), the source
+For each transformation T (judging/transforms.py, the real ones: Pillow's JPEG codec and resizing), the source
 photo and every guarded photo are transformed and animated with the run's seed. Each guarded photo's
 video is compared with V_0^T, the video of the transformed source: what the adversary would have made
 from the unprotected photo after the same T. A perturbation that T erases gives a video close to V_0^T
@@ -10,8 +10,8 @@ worst case over purifications).
 """
 import torch
 
-from metrics import video_distance
-from transforms import name, real
+from judging.metrics import video_distance
+from judging.transforms import name, real
 
 # The rows of the second contact sheet, per transformation: the source and these methods' photos.
 SHEET_METHODS = ("i2vguard", "i2vguard-eot")

@@ -22,6 +22,10 @@ USAGE, FAILURE, INTERRUPTED = 2, 1, 130
 # Upper limits of the flags that size the tensors, so that a typo is refused instead of exhausting memory.
 MAX_FRAMES, MAX_SIDE, MAX_SAMPLE_STEPS = 128, 4096, 1000
 MAX_SEED = 2**63 - 1
+MODEL_HELP = ("SVD img2vid: hub repo id or local folder in the official layout, 'toy' (a small SVD trained on a "
+              "CPU, 64x64, 8 frames) or 'tiny' (untrained random weights: protects nothing, for tests); "
+              "ControlNeXt-SVD-v2: 'controlnext', a local folder with controlnet/, or 'tiny-controlnext'; "
+              "CogVideoX-5B-I2V: 'cogvideox', a local folder with transformer/, or 'tiny-cogvideox'")
 
 
 def fail(message, status=USAGE):

@@ -1,0 +1,113 @@
+"""evaluate.py's outputs: Table 1 and Table 2 in Markdown, results.csv and results.json, and the contact
+sheets of each photo's videos."""
+import csv
+import io
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from judging.judges import STATIC_LEVELS
+from judging.survival import survival_tables
+from plumbing.cli import json_bytes, write_files
+from plumbing.photos import encoded
+
+# (key, column header, scale) of Table 1 and Table 2; the comparisons with V_0 are empty on its own row.
+VIDEO_COLUMNS = [("subject_consistency", "Subject Consistency (%, ↑)", 100),
+                 ("motion_smoothness_standin", "Motion Smoothness* (%, ↑)", 100),
+                 ("aesthetic_quality", "Aesthetic Quality (%, ↑)", 100),
+                 ("temporal_flickering", "Temporal Flickering (%, ↑)", 100),
+                 ("video_psnr", "PSNR to V_0 (dB)", 1), ("video_ssim", "SSIM to V_0", 1),
+                 ("dino_similarity", "DINO sim. to V_0 (%)", 100)]
+PHOTO_COLUMNS = [("psnr", "PSNR (↑)", 1), ("ssim", "SSIM (↑)", 1)]
+SHEET_HEIGHT, SHEET_FRAMES, DIFF_GAIN = 128, 8, 10
+
+
+def tile(image8, height):
+    """(3,H,W) uint8 -> a PIL image `height` pixels high."""
+    im = Image.fromarray(image8.permute(1, 2, 0).numpy())
+    return im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
+
+
+def contact_sheet(rows):
+    """The bytes of a PNG with one row per video: the photo (source or guarded), its difference from the
+    source x DIFF_GAIN, and evenly spaced frames of the video SVD made from it, each labelled."""
+    strips = []
+    for name, photo8, diff, frames8 in rows:
+        picks = np.unique(np.linspace(0, len(frames8) - 1, min(SHEET_FRAMES, len(frames8))).round().astype(int))
+        labels = [name, "source" if diff is None else f"|diff| x{DIFF_GAIN}"] + [f"frame {i}" for i in picks]
+        blank = torch.zeros_like(photo8)
+        images = [photo8, blank if diff is None else (diff * DIFF_GAIN).clamp(0, 255).to(torch.uint8)]
+        strips.append([(tile(x, SHEET_HEIGHT), label) for x, label in zip(images + list(frames8[picks]), labels)])
+    width = max(sum(im.width for im, _ in strip) for strip in strips)
+    sheet = Image.new("RGB", (width, SHEET_HEIGHT * len(strips)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, strip in enumerate(strips):
+        x = 0
+        for im, label in strip:
+            sheet.paste(im, (x, r * SHEET_HEIGHT))
+            draw.text((x + 3, r * SHEET_HEIGHT + 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
+            x += im.width
+    return encoded(sheet, "PNG")
+
+
+def mean_std(values, scale):
+    values = np.asarray(values, dtype=np.float64) * scale
+    if len(values) == 0:
+        return "–"
+    return f"{values.mean():.2f} ± {values.std():.2f}" if abs(values.mean()) >= 1 else \
+        f"{values.mean():.4f} ± {values.std():.4f}"
+
+
+def table(rows, columns):
+    """rows: (row name, [metric dicts]) -> Markdown with mean ± std of each column over the dicts."""
+    lines = ["| Source | n | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for name, dicts in rows:
+        cells = [mean_std([d[k] for d in dicts if k in d], s) if any(k in d for d in dicts) else "–"
+                 for k, _, s in columns]
+        lines.append(f"| {name} | {len(dicts)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_note(model):
+    """The line that heads the tables of a run on the tiny or the toy model."""
+    if model == "tiny":
+        return "**UNTRAINED tiny models: these numbers mean nothing.**\n"
+    if model == "toy":
+        return ("**Toy model** (`--model toy`: a 64x64, 8-frame SVD trained on a CPU, toy/; scored without the "
+                "downloaded judges).\n")
+    return ""
+
+
+def tables(records, methods, names, note=""):
+    """The Markdown tables over `records` (one per photo), rows in the order of `methods`, each named by
+    `names` (method -> row name)."""
+    order = ["original"] + list(methods)
+    names = {"original": "Original Image"} | names
+    moving = [(names[m], [r["videos"][m] for r in records if not r["videos"][m]["static"]]) for m in order]
+    static = [(names[m], [r["videos"][m] for r in records if r["videos"][m]["static"]]) for m in order]
+    parts = [note] * bool(note) + [
+        f"Table 1. Videos SVD made from each photo (same seed), {len(records)} photos; static videos "
+        f"(mean frame change < {STATIC_LEVELS:g}/255) left out. *Motion smoothness is a weight-free stand-in "
+        "(neighbour-mean interpolation), not VBench's AMT-S; image quality (MUSIQ) is not computed.\n",
+        table(moving, VIDEO_COLUMNS),
+        "\nStatic videos, left out above (the paper leaves them out too):\n", table(static, VIDEO_COLUMNS),
+        "\nTable 2. Each photo against its guarded version (8-bit PNG).\n",
+        table([(names[m], [r["videos"][m] for r in records]) for m in order[1:]], PHOTO_COLUMNS)]
+    if "transformed" in records[0]:
+        parts.append("\n" + survival_tables(records, order[1:], names, mean_std))
+    return "\n".join(parts) + "\n"
+
+
+def write_results(out, records, methods, names, note=""):
+    text = tables(records, methods, names, note)
+    keys = ["mean_frame_change", "static"] + [k for k, _, _ in VIDEO_COLUMNS + PHOTO_COLUMNS]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["photo", "method"] + keys)
+    for r in records:
+        for m, v in r["videos"].items():
+            writer.writerow([r["photo"], m] + [v.get(k, "") for k in keys])
+    write_files({out / "tables.md": text.encode(), out / "results.json": json_bytes(records),
+                 out / "results.csv": buffer.getvalue().encode()})
+    return text

@@ -1,0 +1,192 @@
+"""The three commands' flags, side by side, so that one vocabulary holds across them: a flag that two
+commands share has one name and one meaning (attack.py, sample.py and evaluate.py each parse theirs here).
+"""
+import argparse
+
+import torch
+
+from judging.transforms import parse, parse_eot
+from plumbing.cli import MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, integer, number, variant
+from plumbing.shard import parse_shard
+from weights import DEFAULT_MODEL
+
+DINO_SOURCE = "facebook/dino-vitb16"
+AESTHETIC_SOURCE = "shunk031/aesthetics-predictor-v1-vit-large-patch14"
+
+
+def eot_kinds(text):
+    try:
+        return parse_eot(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def transform_list(text):
+    try:
+        specs = [parse(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not specs:
+        raise argparse.ArgumentTypeError("no transformation given")
+    return list(dict.fromkeys(specs))
+
+
+def attack_flags(description):
+    p = Parser(description=description)
+    p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
+    p.add_argument("--out", help="output PNG (one photo) or folder (several photos, a folder, or a path ending "
+                   "in /); default: <photo>.guarded.png beside each photo")
+    p.add_argument("--mask", help="protect only where this image (same size as the photo) is brighter than mid-grey")
+    p.add_argument("--method", choices=["i2vguard", "photoguard", "random-sign"], default="i2vguard",
+                   help="i2vguard, the encoder-only baseline, or random +-eps noise (same L_inf)")
+    p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
+    p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
+    p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
+    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
+    p.add_argument("--eps", type=number, help="L_inf budget in [0,1] pixel units (default: 8/255; 16/255 for "
+                   "CogVideoX, which the paper says needs stronger noise than SVD)")
+    p.add_argument("--step-size", type=number, default="1/255", help="lambda, the step size of each update")
+    p.add_argument("--update", choices=["sign", "gradient"], default="sign",
+                   help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
+    p.add_argument("--fidelity", type=number, default=0.0,
+                   help="weight of ||I_adv - I_src||^2, relative to its calibrated gradient (0: the L_inf "
+                        "projection alone keeps the photo close)")
+    p.add_argument("--alpha", type=number, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
+    p.add_argument("--beta", type=number, default=1.0, help="weight of L_con, relative to its calibrated gradient")
+    p.add_argument("--gamma", type=number, default=1.0, help="weight of L_att, relative to its calibrated gradient")
+    p.add_argument("--tau1", type=number, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
+    p.add_argument("--tau2", type=number, default=0.5, help="offset of L_att (does not change the gradient)")
+    p.add_argument("--eot", type=eot_kinds, metavar="KINDS",
+                   help="expectation over transformations: comma-separated kinds from jpeg,resize,blur,noise; "
+                        "each iteration attacks the photo after one of them (or none), drawn at random "
+                        "(judging/transforms.py), so that the protection survives them")
+    p.add_argument("--pose", metavar="POSES",
+                   help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
+                        "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one drawn per "
+                        "iteration (expectation over conditions)")
+    p.add_argument("--prompt", default="", help="text-conditioned models (--model cogvideox): the adversary's prompt; "
+                   "default: none, the paper's image-only setting")
+    p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
+                   help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
+                        "attacked (default: the model's own choice, see docs/method.md, Attention maps)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="video frames (default: the model's num_frames)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="the adversary's model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="the adversary's model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
+    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS),
+                   help="denoising steps of the adversary's sampler: V_0, the attacked noise levels and the preview "
+                        "videos (default: 25; 50 for CogVideoX, as the release samples)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="seed of the random start, noise draws and videos")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
+                   help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
+                        "(default: on for GPUs under 40 GiB)")
+    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF")
+    p.add_argument("--shard", type=parse_shard, metavar="K/N",
+                   help="protect only the K-th of N shares of the photos (a Slurm array task); under torchrun "
+                        "each worker takes its part of that share")
+    return p
+
+
+def sample_flags(description):
+    p = Parser(description=description)
+    p.add_argument("--image", required=True, help="input photo (any still image Pillow reads)")
+    p.add_argument("--out", required=True, help="output video, .gif or .webp")
+    p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub repo id, local folder in the official layout, 'toy' (a small SVD trained on a CPU, "
+                        "64x64, 8 frames) or 'tiny' (untrained, for tests)")
+    p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames; "
+                   "with --pose, one per pose frame)")
+    p.add_argument("--pose", metavar="POSES", help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
+                   "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
+                   "default: the generic 'wave' sequence of pipelines/poses.py")
+    p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
+                   help="denoising steps of the sampler (default: 25; 50 for CogVideoX)")
+    p.add_argument("--prompt", default="", help="CogVideoX (--model cogvideox): the text prompt; default: none, the "
+                   "paper's image-only setting")
+    p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim",
+                   help="CogVideoX: the release's DDIM, or the official demo's DPM (with --dynamic-guidance)")
+    p.add_argument("--dynamic-guidance", action="store_true", help="CogVideoX: the official demo's guidance schedule")
+    p.add_argument("--fps", type=integer(1, 1000), default=7, help="frame rate: conditioning (as fps - 1) and playback")
+    p.add_argument("--motion-bucket", type=int, default=127, help="motion_bucket_id, higher means more motion")
+    p.add_argument("--noise-aug", type=number, default=0.02,
+                   help="noise_aug_strength, noise added to the image before the VAE")
+    p.add_argument("--min-guidance", type=number, default=1.0, help="guidance scale of the first frame")
+    p.add_argument("--max-guidance", type=number, default=3.0,
+                   help="guidance scale of the last frame; 1 or less turns guidance off")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
+                   help="guidance branches one at a time, decoding 2 frames at a time "
+                        "(default: on for GPUs under 40 GiB)")
+    p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES),
+                   help="frames decoded at a time (default: all at once)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="seed of the noise: a seed gives the same video")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="model dtype (default: bfloat16 on CUDA, float32 elsewhere)")
+    return p
+
+
+def evaluate_flags(description, methods, default_methods):
+    p = Parser(description=description)
+    p.add_argument("--image", "--photos", dest="image", nargs="+",
+                   help="photo files and/or folders of photos (required, except with --merge-only)")
+    p.add_argument("--out", required=True,
+                   help="output folder (created when the first photo is done; photos already done there are skipped)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=",".join(default_methods),
+                   help=f"comma-separated, from: {', '.join(methods)}")
+    p.add_argument("--transforms", type=transform_list, metavar="LIST",
+                   help="also make each photo's videos after these transformations and report how much "
+                        "protection survives, e.g. jpeg95,jpeg75,jpeg50,resize0.5,down0.5,blur1,noise0.02 "
+                        "(jpeg<quality>, resize<factor> down and back up, down<factor>, blur<sigma px>, "
+                        "noise<sigma>)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="SVD: hub repo id, local folder, 'toy' (a small SVD "
+                   "trained on a CPU, scored without judges) or 'tiny' (untrained random networks, with random "
+                   "judges too: the numbers mean nothing, for tests)")
+    p.add_argument("--no-judges", action="store_true", help="score without DINO and the aesthetic predictor (no "
+                   "download): PSNR and SSIM to V_0, flickering and the motion stand-in only")
+    p.add_argument("--variant", type=variant, default="fp16", help="SVD weight files: fp16 for *.fp16.safetensors "
+                   "(as the official repos ship), none for *.safetensors")
+    p.add_argument("--dino", default=DINO_SOURCE, help="hub repo or local folder with DINO ViT-B/16 model.safetensors")
+    p.add_argument("--aesthetic", default=AESTHETIC_SOURCE,
+                   help="hub repo or local folder with the LAION aesthetic predictor v1 (ViT-L/14) model.safetensors")
+    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
+    p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
+    p.add_argument("--frames", type=integer(3, MAX_FRAMES),
+                   help="video frames, at least 3 (default: the model's num_frames)")
+    p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
+                   help="denoising steps of every video")
+    p.add_argument("--height", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE),
+                   help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks and of every video")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="SVD dtype (default: bfloat16 on CUDA, float32 elsewhere); the judges run in float32")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
+                   help="recompute activations in the backward pass (default: on for GPUs under 40 GiB)")
+    p.add_argument("--decode-chunk", type=integer(1, MAX_FRAMES),
+                   help="frames decoded at a time (default: all at once, as the reference pipeline; the "
+                        "temporal decoder mixes frames, so chunks change the video)")
+    p.add_argument("--shard", type=parse_shard, metavar="K/N",
+                   help="evaluate only the K-th of N shares of the photos (a Slurm array task), without making "
+                        "the tables (see --merge-only); under torchrun each worker takes its part of that share")
+    p.add_argument("--merge-only", action="store_true",
+                   help="evaluate nothing: make the tables from the photo folders in --out (those of --image "
+                        "when given), after --shard runs")
+    return p
