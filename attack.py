@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from judging.figures import preview
-from judging.metrics import psnr, ssim
+from judging.metrics import held_out_seeds, psnr, ssim, video_distance
 from judging.transforms import differentiable, draw_eot
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from pipelines import load_pipeline
@@ -32,13 +32,14 @@ from plumbing.cli import (FAILURE, command, default_dtype, default_low_memory, f
                           parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint, write_files)
 from plumbing.files import already_protected, files_written, list_photos, output_paths, peak_memory, quantise
 from plumbing.flags import attack_flags
-from plumbing.photos import png_bytes, read_mask, read_photo
+from plumbing.photos import png_bytes, read_mask, read_photo, to_uint8
 from plumbing.shard import join
 from weights import WeightsError
 
 TERMS = ("img", "enc", "con", "att")
-# The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule.
-CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0
+# The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule, from
+# a seed of their own: independent of --seed (whose default is 0) and of the videos that judge the result.
+CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0xCA1B
 
 
 class Objective:
@@ -235,9 +236,18 @@ def protect_file(model, photo, out, mask, args, terms):
         "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
     }
     files = {out: png_bytes(guarded8, alpha, icc)}
+    if args.video_check or args.preview:
+        # Does it protect? The videos of the photo and of the guarded photo, at a seed the attack never used
+        video_seed = held_out_seeds(args.seed)[0]
+        V_src, V_adv = (model.video(x, size=(args.height, args.width), num_frames=args.frames, steps=args.sample_steps,
+                                    seed=video_seed, progress=f"video of the {name} photo").cpu()
+                        for name, x in (("source", rgb8), ("guarded", guarded8)))
+        distance = video_distance(*(torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for V in (V_adv, V_src)))
+        report |= {"video_seed": video_seed, "video_psnr_db": distance["video_psnr"],
+                   "video_ssim": distance["video_ssim"]}
     if args.preview:
-        videos = preview(model, rgb8, guarded8, (args.height, args.width), args.frames, args.seed, args.sample_steps,
-                         args.attn_blocks)
+        videos = preview(model, rgb8, guarded8, (args.height, args.width), video_seed, args.sample_steps,
+                         args.attn_blocks, (V_src, V_adv))
         files |= {out.with_suffix(suffix): data for suffix, data in videos.items()}
     files[out.with_suffix(".json")] = json_bytes(report)
     write_files(files)
@@ -316,8 +326,10 @@ def main(argv=None):
                 continue
             try:
                 report = protect_file(model, photo, out, mask, args, terms)
+                video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
+                         f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
                 bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
-                          f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s", file=sys.stderr)
+                          f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s{video}")
             except (ValueError, OSError, RuntimeError, MemoryError) as e:
                 failures.append(photo)
                 bar.write(f"attack.py: error: {photo}: {one_line(e)}", file=sys.stderr)

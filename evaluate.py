@@ -1,15 +1,17 @@
 """Reproduce the paper's Tables 1 and 2 over a folder of photos, with VBench's metrics.
 
-For each photo: the video SVD makes from it (V_0), the guarded photo of each method, the video SVD
-makes from each guarded photo with the same seed, then
+For each photo: the guarded photo of each method, then for each video seed (--video-seeds: by default
+the three seeds after --seed, none of which the attacks used) the video SVD makes from the photo (V_0)
+and from each guarded photo, with --victim's model if given (transfer: protection crafted against
+--model, judged on another model), then
   Table 1 (videos): VBench subject consistency (DINO ViT-B/16), aesthetic quality (LAION predictor),
           temporal flickering, a weight-free stand-in for motion smoothness, and how far each video
           moved from V_0 (per-frame PSNR and SSIM, DINO feature similarity);
   Table 2 (photos): PSNR and SSIM between the photo and its guarded version.
 With --transforms, each photo is also transformed (JPEG, resizing, blur, noise) before its video is made:
 the survival report (judging/survival.py) and a second contact sheet, transformed.png.
-Writes OUT/tables.md (mean ± std per method), OUT/results.csv and OUT/results.json (per photo), and per
-photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done with the same
+Writes OUT/tables.md (mean ± std per method over photos and video seeds), OUT/results.csv and
+OUT/results.json (per photo), and per photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done with the same
 settings are skipped; a photo that fails is reported and the others go on. Under torchrun or with
 --shard each worker evaluates its share (plumbing/shard.py) and writes its photos' folders; the tables are made
 from those folders by torchrun's rank 0 once every worker is done, or, after --shard runs, by
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from attack import protect, selected_terms
 from judging import metrics
 from judging.judges import comparison_metrics, load_judges, tiny_judges, video_metrics
+from judging.metrics import held_out_seeds
 from judging.report import contact_sheet, model_note, write_results
 from judging.survival import survive
 from judging.transforms import EOT_KINDS
@@ -58,11 +61,11 @@ METHOD_NAMES = {m: name for m, (_, name) in METHODS.items()}
 
 
 # ---------------------------------------------------------------- one photo
-def make_video(svd, rgb8, args):
-    """The video SVD makes from a photo with the run's seed, as the adversary makes it (all frames decoded
-    together unless --decode-chunk says otherwise): uint8 frames (F,3,H,W)."""
+def make_video(svd, rgb8, args, seed):
+    """The video SVD makes from a photo with `seed`, as the adversary makes it (all frames decoded together
+    unless --decode-chunk says otherwise): uint8 frames (F,3,H,W)."""
     frames = generate(svd, model_input(rgb8, (args.height, args.width)), num_frames=args.frames,
-                      steps=args.sample_steps, seed=args.seed, clip_image=rgb8.float() / 127.5 - 1,
+                      steps=args.sample_steps, seed=seed, clip_image=rgb8.float() / 127.5 - 1,
                       low_memory=args.low_memory, decode_chunk_size=args.decode_chunk or args.frames)
     return torch.from_numpy(to_uint8(frames)).permute(0, 3, 1, 2)  # (F, 3, H, W)
 
@@ -75,60 +78,69 @@ def matched_noise(rgb8, guarded8, seed):
     return (rgb8.double() + d.mean() + d.std(correction=0) * noise).round().clamp(0, 255).to(torch.uint8)
 
 
-def evaluate_photo(svd, judges, photo, folder, methods, args):
+def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
     """All methods on one photo: returns its record and its files {path: bytes}, the guarded PNGs and the
-    contact sheets. A progress bar counts its stages: V_0, each method's attack and video, then with
-    --transforms the videos of the transformed photos."""
+    contact sheets. The attacks run against `svd`; every video is made by `victim` (the same model unless
+    --victim), once per video seed, none of which the attacks used. The record holds, per method, a list of
+    scores, one per video seed. A progress bar counts its stages: the attacks, each video seed's V_0 and
+    videos, then with --transforms the videos of the transformed photos (at the first video seed)."""
     rgb8, alpha, icc = read_photo(photo)
     device = next(svd.unet.parameters()).device
     files, guarded = {}, {}
-    transforms = args.transforms or []
-    total = 1 + 2 * len(methods) + len(transforms) * (1 + len(methods))
-    with tqdm(total=total, desc=f"{photo.name}: V_0", unit="stage") as stages:
-        clean8 = make_video(svd, rgb8, args)
-        stages.update()
-        clean, clean_features = video_metrics(judges, clean8)
-        record, rows = {"photo": photo.name, "videos": {"original": clean}}, [("original", rgb8, None, clean8)]
+    transforms, seeds = args.transforms or [], args.video_seeds
+    total = len(methods) + len(seeds) * (1 + len(methods)) + len(transforms) * (1 + len(methods))
+    record = {"photo": photo.name, "video_seeds": seeds, "videos": {"original": []}}
+    with tqdm(total=total, desc=f"{photo.name}: attacks", unit="stage") as stages:
         for name in sorted(methods, key=lambda m: m == "random"):  # random copies i2vguard's perturbation
             stages.set_description(f"{photo.name}: {name} attack")
             if name == "random":
                 guarded8 = matched_noise(rgb8, guarded["i2vguard"], args.seed)
             else:
-                I_adv, _ = protect(SVDPipeline(svd), (rgb8.float() / 255).to(device), **METHODS[name][0], eps=args.eps,
-                                   steps=args.steps, num_frames=args.frames, size=(args.height, args.width),
-                                   sample_steps=args.sample_steps, seed=args.seed, progress=True)
-                guarded8 = guarded[name] = quantise(rgb8, I_adv, args.eps, None)
-            stages.update()
-            stages.set_description(f"{photo.name}: {name} video")
+                I_adv, _ = protect(SVDPipeline(svd), (rgb8.float() / 255).to(device), **METHODS[name][0],
+                                   eps=args.eps, steps=args.steps, num_frames=args.frames,
+                                   size=(args.height, args.width), sample_steps=args.sample_steps, seed=args.seed,
+                                   progress=True)
+                guarded8 = quantise(rgb8, I_adv, args.eps, None)
+            guarded[name] = guarded8
             files[folder / f"{name}.png"] = png_bytes(guarded8, alpha, icc)
-            frames8 = make_video(svd, guarded8, args)
+            record["videos"][name] = []
             stages.update()
-            scores, features = video_metrics(judges, frames8)
-            a, b = rgb8.double() / 255, guarded8.double() / 255
-            record["videos"][name] = scores | comparison_metrics(frames8, clean8, features, clean_features) | {
-                "psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)}
-            rows.append((name, guarded8, (guarded8.int() - rgb8.int()).abs(), frames8))
-        if transforms:
-            stages.set_description(f"{photo.name}: transformed photos' videos")
-
-            def video(rgb8):
+        for k, seed in enumerate(seeds):
+            stages.set_description(f"{photo.name}: V_0, seed {seed}")
+            clean8 = make_video(victim, rgb8, args, seed)
+            stages.update()
+            clean, clean_features = video_metrics(judges, clean8)
+            record["videos"]["original"].append(clean)
+            rows = [("original", rgb8, None, clean8)]
+            for name in methods:
+                stages.set_description(f"{photo.name}: {name} video, seed {seed}")
+                guarded8 = guarded[name]
+                frames8 = make_video(victim, guarded8, args, seed)
                 stages.update()
-                return make_video(svd, rgb8, args)
+                scores, features = video_metrics(judges, frames8)
+                a, b = rgb8.double() / 255, guarded8.double() / 255
+                record["videos"][name].append(scores | comparison_metrics(frames8, clean8, features, clean_features)
+                                              | {"psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)})
+                rows.append((name, guarded8, (guarded8.int() - rgb8.int()).abs(), frames8))
+            if k == 0:
+                files[folder / "contact.png"] = contact_sheet(rows)
+                if transforms:
+                    stages.set_description(f"{photo.name}: transformed photos' videos")
 
-            record["transformed"], sheet = survive(rows, transforms, video, args.seed)
-            files[folder / "transformed.png"] = contact_sheet(sheet)
-    files[folder / "contact.png"] = contact_sheet(rows)
+                    def video(rgb8):
+                        stages.update()
+                        return make_video(victim, rgb8, args, seed)
+
+                    record["transformed"], sheet = survive(rows, transforms, video, args.seed)
+                    files[folder / "transformed.png"] = contact_sheet(sheet)
     return record, files
-
-
-# ---------------------------------------------------------------- contact sheet
 
 
 # ---------------------------------------------------------------- command line
 RUN_FILES = ("tables.md", "results.csv", "results.json")
 # What a photo's results depend on: a rerun with other values must not reuse them.
-SETTINGS = ("model", "variant", "dtype", "eps", "steps", "seed", "frames", "sample_steps", "height", "width",
-            "decode_chunk", "no_judges", "dino", "aesthetic")
+SETTINGS = ("model", "victim", "variant", "dtype", "eps", "steps", "seed", "video_seeds", "frames", "sample_steps",
+            "height", "width", "decode_chunk", "no_judges", "dino", "aesthetic")
 
 
 def read_record(done):
@@ -224,10 +236,17 @@ def main(argv=None):
                                         [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]
                                         + ["transformed.png"] * bool(args.transforms)]
     refuse_clashes(planned, photos)
+    args.video_seeds = args.video_seeds or held_out_seeds(args.seed)
+    if args.seed in args.video_seeds:
+        fail(f"--video-seeds must leave out the attack's --seed {args.seed}: protection is judged on videos "
+             "made with randomness the attack never saw")
     worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
     try:
         svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)
+        args.victim = args.victim or args.model
+        victim = svd if args.victim == args.model else load_model(args.victim, device, getattr(torch, args.dtype),
+                                                                   args.variant)
         args.no_judges = args.no_judges or args.model == "toy"  # the toy's 64x64 videos are scored without them
         if args.no_judges:
             judges = None
@@ -240,7 +259,8 @@ def main(argv=None):
     if args.frames < 3:
         fail(f"the model makes {args.frames} frames; the metrics need at least 3 (--frames)")
     args.low_memory = default_low_memory(device) if args.low_memory is None else args.low_memory
-    svd.unet.checkpointing = svd.vae.checkpointing = args.low_memory
+    for network in (svd.unet, svd.vae, victim.unet, victim.vae):
+        network.checkpointing = args.low_memory
     settings = {key: getattr(args, key) for key in SETTINGS}
     if args.transforms:  # recorded only when given, so that runs made before --transforms still resume
         settings["transforms"] = [transform_name(spec) for spec in args.transforms]
@@ -257,7 +277,7 @@ def main(argv=None):
             folder = out / photo.stem
             start = time.perf_counter()
             try:
-                record, files = evaluate_photo(svd, judges, photo, folder, args.methods, args)
+                record, files = evaluate_photo(svd, victim, judges, photo, folder, args.methods, args)
                 record |= {"settings": settings, "wall_time_s": time.perf_counter() - start}
                 write_files(files | {folder / "metrics.json": json_bytes(record)})
             except (ValueError, OSError, RuntimeError, MemoryError) as e:

@@ -76,18 +76,17 @@ def attention_figure(maps, latent_size):
     return sheet
 
 
-def preview(model, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
-    """The videos the model makes from the source photo and from the guarded one (same seed), as the
-    adversary would make them, and the paper's Fig. 3 for them: file bytes by suffix, .before.gif,
-    .after.gif, .preview.gif side by side (photos on top, their videos below, each column labelled), and
-    .attention.png, the temporal attention maps of the attacked blocks (judging/figures.py)."""
+def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
+    """The videos the model made from the source photo and from the guarded one with `seed` (one the attack
+    did not use), `frames` = (V_src, V_adv) (F,3,H,W) in [-1,1], as the adversary would make them, and the
+    paper's Fig. 3 for them: file bytes by suffix, .before.gif, .after.gif, .preview.gif side by side
+    (photos on top, their videos below, each column labelled), and .attention.png, the temporal attention
+    maps of the attacked blocks."""
     videos, inputs = [], {}
     device = model.device
-    for name, rgb8 in (("source", src8), ("guarded", guarded8)):
+    for (name, rgb8), V in zip((("source", src8), ("guarded", guarded8)), frames):
         image = model_input(rgb8, size)  # (3, H, W) in [-1, 1], resized as the pipeline resizes
-        frames = model.video(rgb8, size=size, num_frames=num_frames, steps=steps, seed=seed,
-                             progress=f"video of the {name} photo")
-        videos.append((image, frames.cpu()))
+        videos.append((image, V))
         inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
     (src, V_src), (adv, V_adv) = videos
     top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
@@ -95,7 +94,7 @@ def preview(model, src8, guarded8, size, num_frames, seed, steps, attn_blocks):
     side_by_side = to_images(grid)  # F images (2W, 2H)
     for im in side_by_side:
         draw = ImageDraw.Draw(im)
-        for x, label in ((0, "source"), (im.width // 2, "guarded")):
+        for x, label in ((0, f"source, video seed {seed}"), (im.width // 2, "guarded")):
             draw.text((x + 3, 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
 
     # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle

@@ -38,6 +38,12 @@ def ssim(a, b, sigma=1.5):
     return s.mean().item()
 
 
+def held_out_seeds(seed, count=3):
+    """The seeds of the videos that judge a protection made with --seed `seed`: the next `count` seeds, which
+    the attack never used (its own draws and V_0 come from `seed`, its calibration from a seed of its own)."""
+    return [(seed + k) % 2**63 for k in range(1, count + 1)]
+
+
 def video_distance(frames8, reference8):
     """How far a video (F,3,H,W) uint8 is from a reference video, frame by frame: mean PSNR and mean SSIM."""
     pairs = [(a.double() / 255, b.double() / 255) for a, b in zip(frames8, reference8)]

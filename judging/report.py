@@ -84,16 +84,19 @@ def tables(records, methods, names, note=""):
     `names` (method -> row name)."""
     order = ["original"] + list(methods)
     names = {"original": "Original Image"} | names
-    moving = [(names[m], [r["videos"][m] for r in records if not r["videos"][m]["static"]]) for m in order]
-    static = [(names[m], [r["videos"][m] for r in records if r["videos"][m]["static"]]) for m in order]
+    videos = {m: [v for r in records for v in r["videos"][m]] for m in order}  # one per photo and video seed
+    moving = [(names[m], [v for v in videos[m] if not v["static"]]) for m in order]
+    static = [(names[m], [v for v in videos[m] if v["static"]]) for m in order]
     parts = [note] * bool(note) + [
-        f"Table 1. Videos SVD made from each photo (same seed), {len(records)} photos; static videos "
+        f"Table 1. Videos SVD made from each photo, {len(records)} photos x {len(records[0]['video_seeds'])} "
+        "video seeds (none of them the attack's), mean ± std over both; static videos "
         f"(mean frame change < {STATIC_LEVELS:g}/255) left out. *Motion smoothness is a weight-free stand-in "
         "(neighbour-mean interpolation), not VBench's AMT-S; image quality (MUSIQ) is not computed.\n",
         table(moving, VIDEO_COLUMNS),
-        "\nStatic videos, left out above (the paper leaves them out too):\n", table(static, VIDEO_COLUMNS),
+        *(["\nStatic videos, left out above (the paper leaves them out too):\n", table(static, VIDEO_COLUMNS)]
+          if any(rows for _, rows in static) else []),
         "\nTable 2. Each photo against its guarded version (8-bit PNG).\n",
-        table([(names[m], [r["videos"][m] for r in records]) for m in order[1:]], PHOTO_COLUMNS)]
+        table([(names[m], [r["videos"][m][0] for r in records]) for m in order[1:]], PHOTO_COLUMNS)]
     if "transformed" in records[0]:
         parts.append("\n" + survival_tables(records, order[1:], names, mean_std))
     return "\n".join(parts) + "\n"
@@ -104,10 +107,11 @@ def write_results(out, records, methods, names, note=""):
     keys = ["mean_frame_change", "static"] + [k for k, _, _ in VIDEO_COLUMNS + PHOTO_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["photo", "method"] + keys)
+    writer.writerow(["photo", "method", "video_seed"] + keys)
     for r in records:
-        for m, v in r["videos"].items():
-            writer.writerow([r["photo"], m] + [v.get(k, "") for k in keys])
+        for m, per_seed in r["videos"].items():
+            for seed, v in zip(r["video_seeds"], per_seed):
+                writer.writerow([r["photo"], m, seed] + [v.get(k, "") for k in keys])
     write_files({out / "tables.md": text.encode(), out / "results.json": json_bytes(records),
                  out / "results.csv": buffer.getvalue().encode()})
     return text

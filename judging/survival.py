@@ -60,7 +60,7 @@ def survival_tables(records, methods, names, mean_std):
         header = ["Source", "none"] + specs + ["worst case"]
         lines = [f"\n{title}\n", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for method in ["original"] + methods:
-            untransformed = "–" if method == "original" else mean_std([r["videos"][method][key] for r in records], 1)
+            untransformed = "–" if method == "original" else mean_std([r["videos"][method][0][key] for r in records], 1)
             cells = [mean_std([r["transformed"][t][method][key] for r in records], 1) for t in specs]
             worst = "–" if method == "original" else mean_std(
                 [worst_case(r["transformed"], method, key) for r in records], 1)

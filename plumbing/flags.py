@@ -31,6 +31,14 @@ def transform_list(text):
     return list(dict.fromkeys(specs))
 
 
+def seed_list(text):
+    parse = integer(0, MAX_SEED)
+    seeds = [parse(s) for s in text.split(",") if s.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seed given")
+    return list(dict.fromkeys(seeds))
+
+
 def attack_flags(description):
     p = Parser(description=description)
     p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
@@ -62,8 +70,8 @@ def attack_flags(description):
                         "(judging/transforms.py), so that the protection survives them")
     p.add_argument("--pose", metavar="POSES",
                    help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
-                        "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one drawn per "
-                        "iteration (expectation over conditions)")
+                        "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one "
+                        "drawn per iteration (expectation over conditions)")
     p.add_argument("--prompt", default="", help="text-conditioned models (--model cogvideox): the adversary's prompt; "
                    "default: none, the paper's image-only setting")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
@@ -88,7 +96,12 @@ def attack_flags(description):
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
                         "(default: on for GPUs under 40 GiB)")
-    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF")
+    p.add_argument("--video-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="make the videos of the photo and of the guarded photo at a seed the attack did not use "
+                        "(--seed + 1) and report how far apart they are (video_psnr_db, video_ssim): the number that "
+                        "says whether the photo is protected; costs two videos per photo")
+    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF "
+                   "(made at the video check's seed)")
     p.add_argument("--shard", type=parse_shard, metavar="K/N",
                    help="protect only the K-th of N shares of the photos (a Slurm array task); under torchrun "
                         "each worker takes its part of that share")
@@ -174,7 +187,14 @@ def evaluate_flags(description, methods, default_methods):
                    help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
     p.add_argument("--width", type=integer(8, MAX_SIDE),
                    help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
-    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks and of every video")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks")
+    p.add_argument("--video-seeds", type=seed_list, metavar="LIST",
+                   help="comma-separated seeds of the videos that judge the protection, none of them --seed "
+                        "(default: the three seeds after --seed)")
+    p.add_argument("--victim", metavar="MODEL",
+                   help="make every video with this SVD (hub repo id, local folder, 'toy' or 'tiny') instead of "
+                        "--model, as an adversary with a fine-tune or another release would: the attacks still "
+                        "run against --model (default: --model itself)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="SVD dtype (default: bfloat16 on CUDA, float32 elsewhere); the judges run in float32")

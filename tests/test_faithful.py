@@ -116,19 +116,19 @@ def test_protect_records_the_calibration(photo):
 
 
 class Args:
-    height, width, frames, sample_steps, seed, low_memory, decode_chunk = 64, 64, FRAMES, 2, 0, True, None
+    height, width, frames, sample_steps, low_memory, decode_chunk = 64, 64, FRAMES, 2, True, None
 
 
 def test_evaluation_videos_decode_all_frames_at_once():
     svd = tiny_svd(0)
     rgb8 = (torch.rand(3, 64, 64) * 255).to(torch.uint8)
-    video8 = evaluate.make_video(svd, rgb8, Args)
+    video8 = evaluate.make_video(svd, rgb8, Args, 0)
     expected = generate(svd, evaluate.model_input(rgb8, (64, 64)), num_frames=FRAMES, steps=2, seed=0,
                         clip_image=rgb8.float() / 127.5 - 1, low_memory=True, decode_chunk_size=FRAMES)
     assert torch.equal(video8, torch.from_numpy(evaluate.to_uint8(expected)).permute(0, 3, 1, 2))
     Args.decode_chunk = 1  # a chunk of one frame per decode changes the video: the temporal decoder mixes frames
     try:
-        assert not torch.equal(video8, evaluate.make_video(svd, rgb8, Args))
+        assert not torch.equal(video8, evaluate.make_video(svd, rgb8, Args, 0))
     finally:
         Args.decode_chunk = None
 

@@ -351,12 +351,13 @@ def test_evaluate_goes_on_past_a_bad_photo_and_remakes_a_corrupt_record(tmp_path
 
 
 def test_evaluate_refuses_to_resume_with_other_settings(photo, tmp_path, capsys):
-    settings = dict(model="tiny", variant="fp16", dtype="float32", eps=8 / 255, steps=1, seed=0, frames=3,
-                    sample_steps=2, height=64, width=64, decode_chunk=None, no_judges=False, dino=DINO_SOURCE, aesthetic=AESTHETIC_SOURCE)
+    settings = dict(model="tiny", victim="tiny", variant="fp16", dtype="float32", eps=8 / 255, steps=1, seed=0,
+                    video_seeds=[1, 2, 3], frames=3, sample_steps=2, height=64, width=64, decode_chunk=None,
+                    no_judges=False, dino=DINO_SOURCE, aesthetic=AESTHETIC_SOURCE)
     (tmp_path / "out/photo").mkdir(parents=True)
-    videos = {"original": {"static": True}, "random-sign": {"static": True}}
-    (tmp_path / "out/photo/metrics.json").write_text(json.dumps({"photo": "photo.png", "videos": videos,
-                                                                 "settings": settings}))
+    videos = {"original": [{"static": True}] * 3, "random-sign": [{"static": True}] * 3}
+    (tmp_path / "out/photo/metrics.json").write_text(json.dumps({"photo": "photo.png", "video_seeds": [1, 2, 3],
+                                                                 "videos": videos, "settings": settings}))
     args = ["--image", photo, "--out", tmp_path / "out"] + EVALUATE
     assert "eps" in refused(evaluate.main, args + ["--eps", "4/255"], tmp_path, capsys, 2)
     assert run(evaluate.main, args, capsys)[0] == 0  # same settings: done already

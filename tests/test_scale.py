@@ -47,9 +47,20 @@ def outputs(folder):
     return {p.name: p.read_bytes() for p in folder.glob("*.guarded.png")}
 
 
-def protected(stderr):
+def run_out(main, args, capsys):
+    """A command's main in-process -> (exit status, stdout, stderr): the results go to stdout."""
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def protected(stdout):
     """The photos a run says it protected, one entry per time."""
-    return sorted(attack.Path(line.split(" -> ")[0]).name for line in stderr.splitlines() if " -> " in line)
+    return sorted(attack.Path(line.split(" -> ")[0]).name for line in stdout.splitlines() if " -> " in line)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +94,7 @@ def test_torchrun_protects_each_photo_once_with_single_process_bytes(photos, sin
     (folder / "broken.png").write_bytes(b"not an image")  # its worker goes on, and waits for the other
     result = torchrun("attack.py", ["--image", folder, "--out", tmp_path / "out"] + ATTACK)
     assert result.returncode != 0 and result.stderr.count("error: ") >= 1 and "broken.png" in result.stderr
-    assert protected(result.stderr) == NAMES
+    assert protected(result.stdout) == NAMES
     assert "rank 0 of 2" in result.stderr and "rank 1 of 2" in result.stderr  # each worker's bar names it
     assert outputs(tmp_path / "out") == single_process
 
@@ -99,19 +110,19 @@ def test_shards_resume_after_an_interruption_with_single_process_bytes(photos, s
             raise KeyboardInterrupt
         return protect_file(*a, **kw)
     monkeypatch.setattr(attack, "protect_file", interrupted_at_the_second_photo)
-    status, err = run(attack.main, args + ["--shard", "1/2"], capsys)
-    assert status == 130 and protected(err) == ["a.png"]
+    status, out, _ = run_out(attack.main, args + ["--shard", "1/2"], capsys)
+    assert status == 130 and protected(out) == ["a.png"]
     first = (tmp_path / "out/a.guarded.png").stat().st_mtime_ns
     monkeypatch.undo()
 
-    status, err = run(attack.main, args + ["--shard", "1/2"], capsys)
-    assert status == 0 and protected(err) == ["b.png", "d.png"] and "a.png: done already, skipped" in err
+    status, out, err = run_out(attack.main, args + ["--shard", "1/2"], capsys)
+    assert status == 0 and protected(out) == ["b.png", "d.png"] and "a.png: done already, skipped" in err
     assert (tmp_path / "out/a.guarded.png").stat().st_mtime_ns == first
     env = os.environ | {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2", "PYTHON": sys.executable,
                         "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", "scripts/protect.slurm", photos, tmp_path / "out"] + ATTACK, cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)  # the second task of an array
-    assert result.returncode == 0 and protected(result.stderr) == ["c.png", "e.png"], result.stderr
+    assert result.returncode == 0 and protected(result.stdout) == ["c.png", "e.png"], result.stderr
     assert "shard 2/2" in result.stderr
     assert outputs(tmp_path / "out") == single_process
 
