@@ -28,8 +28,9 @@ from judging.transforms import differentiable, draw_eot
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from pipelines import load_pipeline
 from pipelines.poses import read_poses
-from plumbing.cli import (FAILURE, command, default_dtype, default_low_memory, fail, json_bytes, model_size, one_line,
-                          parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint, write_files)
+from plumbing.cli import (FAILURE, choose_threads, command, default_dtype, default_low_memory, fail, json_bytes,
+                          model_size, one_line, parse_device, pose_conditioned, refuse_clashes, text_conditioned,
+                          weights_hint, write_files)
 from plumbing.files import already_protected, files_written, list_photos, output_paths, peak_memory, quantise
 from plumbing.flags import attack_flags
 from plumbing.photos import png_bytes, read_mask, read_photo, to_uint8
@@ -265,6 +266,7 @@ def report_settings(args):
 @command
 def main(argv=None):
     args = attack_flags(__doc__).parse_args(argv)
+    choose_threads(args.threads)
 
     text_model = text_conditioned(args.model)
     args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255

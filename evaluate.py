@@ -11,11 +11,11 @@ and from each guarded photo, with --victim's model if given (transfer: protectio
 With --transforms, each photo is also transformed (JPEG, resizing, blur, noise) before its video is made:
 the survival report (judging/survival.py) and a second contact sheet, transformed.png.
 Writes OUT/tables.md (mean ± std per method over photos and video seeds), OUT/results.csv and
-OUT/results.json (per photo), and per photo OUT/<photo>/ with the guarded PNGs, metrics.json and contact.png. Photos already done with the same
-settings are skipped; a photo that fails is reported and the others go on. Under torchrun or with
---shard each worker evaluates its share (plumbing/shard.py) and writes its photos' folders; the tables are made
-from those folders by torchrun's rank 0 once every worker is done, or, after --shard runs, by
---merge-only.
+OUT/results.json (per photo), and per photo OUT/<photo>/ with the guarded PNGs, metrics.json and
+contact.png. Photos already done with the same settings are skipped; a photo that fails is reported and
+the others go on. Under torchrun or with --shard each worker evaluates its share (plumbing/shard.py) and
+writes its photos' folders; the tables are made from those folders by torchrun's rank 0 once every
+worker is done, or, after --shard runs, by --merge-only.
 
 example: python evaluate.py --image photos/ --out results/
 """
@@ -36,8 +36,8 @@ from judging.survival import survive
 from judging.transforms import EOT_KINDS
 from judging.transforms import name as transform_name
 from pipelines.svd import SVDPipeline, generate, load_model
-from plumbing.cli import (FAILURE, check_writable, command, default_dtype, default_low_memory, fail, json_bytes,
-                          model_size, one_line, parse_device, refuse_clashes, weights_hint, write_files)
+from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
+                          json_bytes, model_size, one_line, parse_device, refuse_clashes, weights_hint, write_files)
 from plumbing.files import list_photos, quantise
 from plumbing.flags import evaluate_flags
 from plumbing.photos import model_input, png_bytes, read_photo, to_uint8
@@ -206,6 +206,7 @@ def merge_only(out, photos):
 @command
 def main(argv=None):
     args = evaluate_flags(__doc__, list(METHODS), DEFAULT_METHODS).parse_args(argv)
+    choose_threads(args.threads)
     if args.merge_only:
         out = Path(args.out)
         if not out.is_dir():

@@ -16,8 +16,9 @@ from PIL import features
 from pipelines import cogvideox, controlnext
 from pipelines import poses as pose_sequences
 from pipelines.svd import generate, load_model
-from plumbing.cli import (FAILURE, check_writable, command, default_dtype, default_low_memory, fail, model_size,
-                          parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint, write_files)
+from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
+                          model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint,
+                          write_files)
 from plumbing.flags import sample_flags
 from plumbing.photos import encoded, model_input, read_photo, to_images, video_bytes
 from weights import WeightsError
@@ -43,6 +44,7 @@ def frame_paths(folder, n):
 @command
 def main(argv=None):
     args = sample_flags(__doc__).parse_args(argv)
+    choose_threads(args.threads)
 
     image, out = Path(args.image), Path(args.out)
     if not image.is_file():

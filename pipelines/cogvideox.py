@@ -17,7 +17,7 @@ The release is in the diffusers layout; every key and shape is checked, any prob
 The sampler follows diffusers' CogVideoXImageToVideoPipeline step by step, random draws included, so a seed gives
 the reference's video for a CPU generator with that seed (see generate_cogvideox).
 
-For the attack, CogVideoXPipeline gives the pieces of Algorithm 1 that attack.py works through (pipelines/svd.py names them):
+For the attack, CogVideoXPipeline gives the pieces of Algorithm 1 that attack.py works through (svd.py names them):
 
     pipeline = CogVideoXPipeline(load_by_name("cogvideox"))   # embeds the prompt once, then frees T5
     I_adv, log = attack.protect(pipeline, photo, size=(480, 720))
@@ -291,7 +291,7 @@ def widened(dtype):
 
 
 class CogVideoXPipeline:
-    """CogVideoX-5B-I2V as the pieces of Algorithm 1 (pipelines/svd.py says what each piece is), with the release's pipeline
+    """CogVideoX-5B-I2V as the pieces of Algorithm 1 (svd.py says what each piece is), with the release's pipeline
     settings: DDIM over the release's trailing timesteps, guidance 6, 49 frames at 480x720.
 
     The condition c of the paper is the prompt's T5 embedding (the empty prompt by default: the paper's image-only

@@ -165,7 +165,7 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
     guidance over sliding windows (sample_windows), decoding decode_chunk_size frames at a time.
 
     noise is the unit-variance initial noise (F,4,H/8,W/8); otherwise it is drawn after the augmentation noise from
-    a CPU generator seeded with `seed` (random when None), as pipelines/svd.py's generate draws them. clip_image (3,H0,W0) in
+    a CPU generator seeded with `seed` (random when None), as svd.py's generate draws them. clip_image (3,H0,W0) in
     [-1,1] is the photo at its own size for the CLIP path (default: image)."""
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
@@ -193,7 +193,7 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
 
 # ---------------------------------------------------------------- the attack's view
 class ControlNeXtPipeline(SVDPipeline):
-    """ControlNeXt-SVD-v2 as the pieces of Algorithm 1 (pipelines/svd.py), in expectation over pose sequences: each draw d
+    """ControlNeXt-SVD-v2 as the pieces of Algorithm 1 (svd.py), in expectation over pose sequences: each draw d
     is (the augmentation noise, the index of one of `pose_sequences`, (F,3,H,W) in [0,1], each starting with the
     photo's pose). The release's settings: time ids [6, 128, 0.02], guidance 3, windows of 24 frames overlapping
     by 6, decoding 2 frames at a time; P and video follow pose sequence 0."""

@@ -252,3 +252,16 @@ def model_size(height, width, model):
 def default_low_memory(device):
     """Memory mode by default on GPUs with less than 40 GiB."""
     return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 40 * 2**30
+
+
+def choose_threads(requested=None):
+    """The CPU threads of this run: --threads, else OMP_NUM_THREADS, else one per core that is free now (the
+    cores this process may use less the load average, at least one). On a quiet 2-core machine two threads
+    were fastest (the toy's first-screen command: 17 s against 25 s with one); beside other work, threads
+    that wait for each other were many times slower than one (docs/speed-and-memory.md). Returns the count."""
+    if requested:
+        torch.set_num_threads(requested)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        free = len(os.sched_getaffinity(0)) - round(os.getloadavg()[0])
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), free)))
+    return torch.get_num_threads()

@@ -91,6 +91,8 @@ def attack_flags(description):
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--threads", type=integer(1, 1024), help="CPU threads (default: OMP_NUM_THREADS, else one per "
+                   "core not busy with other work)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
@@ -149,6 +151,8 @@ def sample_flags(description):
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                    help="seed of the noise: a seed gives the same video")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--threads", type=integer(1, 1024), help="CPU threads (default: OMP_NUM_THREADS, else one per "
+                   "core not busy with other work)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere)")
     return p
@@ -196,6 +200,8 @@ def evaluate_flags(description, methods, default_methods):
                         "--model, as an adversary with a fine-tune or another release would: the attacks still "
                         "run against --model (default: --model itself)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--threads", type=integer(1, 1024), help="CPU threads (default: OMP_NUM_THREADS, else one per "
+                   "core not busy with other work)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="SVD dtype (default: bfloat16 on CUDA, float32 elsewhere); the judges run in float32")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
