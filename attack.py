@@ -188,7 +188,9 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
             delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
         check_finite(len(log), values | {"total": L, "gradient": grad, "I_adv": delta})
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()})
-        bar.set_postfix({name: f"{value:.4g}" for name, value in log[-1].items() if name != "total"})
+        # What moves: L_enc and L_con against their first values, and the attention distance ||A_adv - A_src||^2
+        moved = {name: f"{log[-1][name] / (log[0][name] or 1):.3g}x" for name in ("enc", "con") if name in values}
+        bar.set_postfix(moved | ({"dA": f"{tau2 - log[-1]['att']:.2e}"} if "att" in values else {}))
     return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "steps": log}
 
 

@@ -15,6 +15,8 @@ from plumbing.photos import model_input, to_images, video_bytes
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
 FPS = 7  # frame rate of the preview GIFs
+# How much the difference panels amplify, in units of [-1, 1] (so x10 on 0..255 levels for PHOTO_GAIN = 20)
+PHOTO_GAIN, VIDEO_GAIN = 20, 8
 
 
 def heat(values):
@@ -57,11 +59,14 @@ def attention_figure(maps, latent_size):
         peak = max(change.max(), 1e-12)
         tiles.append(np.asarray(Image.fromarray(heat(change / peak)).resize((round(side * ww / hh), side),
                                                                             Image.Resampling.NEAREST)))
-        labels = [f"source: row i attends j, white {top:.2f}", "guarded",
+        labels = [f"source (white = {top:.2f})", "guarded",
                   f"|A_adv - A_src| per {where}, max {peak:.2g}"]
         rows.append((block, tiles, labels))
-    width = max(sum(t.shape[1] + 8 for t in tiles) for _, tiles, _ in rows)
-    height = sum(2 * LABEL + tiles[0].shape[0] + 8 for _, tiles, _ in rows)
+    def advance(tile, label):  # room for a tile and its label (Pillow's default font: about 6 pixels a letter)
+        return max(tile.shape[1], 6 * len(label)) + 8
+
+    width = max(360, max(sum(advance(t, s) for t, s in zip(tiles, labels)) for _, tiles, labels in rows))
+    height = sum(2 * LABEL + tiles[0].shape[0] + 8 for _, tiles, _ in rows) + 3 * LABEL
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     y = 0
@@ -71,8 +76,13 @@ def attention_figure(maps, latent_size):
         for tile, label in zip(tiles, labels):
             draw.text((x + 2, y + LABEL + 2), label, fill="black")
             sheet.paste(Image.fromarray(tile), (x, y + 2 * LABEL))
-            x += tile.shape[1] + 8
+            x += advance(tile, label)
         y += 2 * LABEL + tiles[0].shape[0] + 8
+    # the colour scale, shared by every tile: 0 at the left, each tile's own maximum (its label) at the right
+    ramp = heat(np.linspace(0, 1, 160)[None].repeat(LABEL // 2, 0))
+    sheet.paste(Image.fromarray(ramp), (2, y + 2))
+    draw.text((168, y), "0 ... each tile's max (in its label)", fill="black")
+    draw.text((2, y + LABEL + 2), "maps: row i = query frame, column j = key frame (frame 0 top left)", fill="black")
     return sheet
 
 
@@ -89,13 +99,19 @@ def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
         videos.append((image, V))
         inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
     (src, V_src), (adv, V_adv) = videos
-    top = torch.cat([src, adv], dim=-1)  # (3, H, 2W)
-    grid = torch.stack([torch.cat([top, torch.cat([a, b], dim=-1)], dim=-2) for a, b in zip(V_src, V_adv)])
-    side_by_side = to_images(grid)  # F images (2W, 2H)
+    # values in [-1, 1]: a difference d is shown as -1 + GAIN * |d|, black where nothing changed
+    top = torch.cat([src, adv, (-1 + PHOTO_GAIN * (adv - src).abs()).clamp(-1, 1)], dim=-1)  # (3, H, 3W)
+    grid = torch.stack([torch.cat([top, torch.cat([a, b, (-1 + VIDEO_GAIN * (a - b).abs()).clamp(-1, 1)], dim=-1)],
+                                  dim=-2) for a, b in zip(V_src, V_adv)])  # (F, 3, 2H, 3W)
+    side_by_side = to_images(grid)  # F images (3W, 2H)
+    w, h = side_by_side[0].width // 3, side_by_side[0].height // 2
+    labels = [(0, 0, "source photo"), (w, 0, "guarded photo"), (2 * w, 0, f"|difference| x{PHOTO_GAIN // 2}"),
+              (0, h, f"its video (seed {seed})"), (w, h, "guarded's video"),
+              (2 * w, h, f"|difference| x{VIDEO_GAIN // 2}")]
     for im in side_by_side:
         draw = ImageDraw.Draw(im)
-        for x, label in ((0, f"source, video seed {seed}"), (im.width // 2, "guarded")):
-            draw.text((x + 3, 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
+        for x, y, label in labels:
+            draw.text((x + 3, y + 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
 
     # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle
     g = torch.Generator().manual_seed(seed)

@@ -115,9 +115,7 @@ def sample_flags(description):
     p.add_argument("--image", required=True, help="input photo (any still image Pillow reads)")
     p.add_argument("--out", required=True, help="output video, .gif or .webp")
     p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub repo id, local folder in the official layout, 'toy' (a small SVD trained on a CPU, "
-                        "64x64, 8 frames) or 'tiny' (untrained, for tests)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames; "
@@ -126,7 +124,8 @@ def sample_flags(description):
                    "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
                    "default: the generic 'wave' sequence of pipelines/poses.py")
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
-                   help="denoising steps of the sampler (default: 25; 50 for CogVideoX)")
+                   help="denoising steps of the sampler (default: 25; 50 for CogVideoX); --steps is an alias, "
+                        "kept for older command lines")
     p.add_argument("--prompt", default="", help="CogVideoX (--model cogvideox): the text prompt; default: none, the "
                    "paper's image-only setting")
     p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim",
@@ -171,9 +170,10 @@ def evaluate_flags(description, methods, default_methods):
                         "protection survives, e.g. jpeg95,jpeg75,jpeg50,resize0.5,down0.5,blur1,noise0.02 "
                         "(jpeg<quality>, resize<factor> down and back up, down<factor>, blur<sigma px>, "
                         "noise<sigma>)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="SVD: hub repo id, local folder, 'toy' (a small SVD "
-                   "trained on a CPU, scored without judges) or 'tiny' (untrained random networks, with random "
-                   "judges too: the numbers mean nothing, for tests)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="SVD img2vid only (ControlNeXt and CogVideoX are not "
+                   "evaluated here yet): hub repo id, local folder, 'toy' (a small SVD trained on a CPU, scored "
+                   "without judges) or 'tiny' (untrained random networks, with random judges too: the numbers mean "
+                   "nothing, for tests)")
     p.add_argument("--no-judges", action="store_true", help="score without DINO and the aesthetic predictor (no "
                    "download): PSNR and SSIM to V_0, flickering and the motion stand-in only")
     p.add_argument("--variant", type=variant, default="fp16", help="SVD weight files: fp16 for *.fp16.safetensors "
