@@ -16,6 +16,12 @@ for path in (ROOT, ROOT / "tests"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from plumbing.cli import choose_threads  # noqa: E402
+
+# As the commands do: a thread per free core (both on a quiet 2-core machine, the fastest there), one
+# when the machine is busy, where threads waiting for each other made the suite several times slower.
+choose_threads()
+
 
 @pytest.fixture(autouse=True)
 def _seed():
