@@ -6,12 +6,14 @@ incoherent video from the photo. It attacks three things at once (paper Eq. 1-4,
   temporal   L_att: the denoiser's temporal self-attention maps are pushed away from the source's;
   diffusion  L_con: the denoiser's predicted clean frames move to black frames and away from the
              video the model makes of the clean photo.
-The model comes as the pieces Algorithm 1 names (pipelines/__init__.py): its pipeline P, encoder E, noising S
-and denoiser G; any model that provides them can be attacked.
-The guarded photo is written as a PNG at the photo's own size, with a JSON report beside it. A photo
-whose report already records the same settings is skipped, so a rerun resumes; many photos can be
-shared among GPUs with torchrun or --shard (plumbing/shard.py). With --eot, each iteration attacks the photo as
-the adversary may receive it: recompressed, resized, blurred or noisy (judging/transforms.py).
+The model comes as the pieces Algorithm 1 names (pipelines/__init__.py): its pipeline P, encoder E,
+noising S and denoiser G; any model that provides them can be attacked.
+The guarded photo is written as a PNG at the photo's own size, whatever the input's format: PNG is
+lossless, and a JPEG re-encode would spend part of the protection before anyone animates the photo
+(docs/robustness.md measures how much survives one). A JSON report goes beside it. A photo whose report
+already records the same settings is skipped, so a rerun resumes; many photos can be shared among GPUs
+with torchrun or --shard (plumbing/shard.py). With --eot, each iteration attacks the photo as the
+adversary may receive it: recompressed, resized, blurred or noisy (judging/transforms.py).
 
 example: python attack.py --image examples/astronaut.png
 """
@@ -269,7 +271,6 @@ def report_settings(args):
 def main(argv=None):
     args = attack_flags(__doc__).parse_args(argv)
     choose_threads(args.threads)
-
     text_model = text_conditioned(args.model)
     args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255
     args.sample_steps = args.sample_steps or (50 if text_model else 25)
@@ -313,8 +314,7 @@ def main(argv=None):
     args.frames = args.frames or model.num_frames
     if poses is not None and args.frames > len(poses[0]):
         fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
-    if args.low_memory is None:
-        args.low_memory = default_low_memory(device)
+    args.low_memory = default_low_memory(device) if args.low_memory is None else args.low_memory
     model.low_memory(args.low_memory)
     args.attn_blocks = args.attn_blocks or model.default_attn_blocks()
     unknown = set(args.attn_blocks) - set(model.attention_names)
