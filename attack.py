@@ -90,9 +90,10 @@ class Objective:
         """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on."""
         model, (d, sigma, noise, T) = self.model, draw
         terms = {"img": image_loss(I_adv, self.I_src)}
-        # EOT: the adversary receives T(I_adv), the photo after recompression, resizing, blur or noise
+        # EOT: the adversary receives T(I_adv); A_src comes from T(I_src), so T's own effect is not the attack's
+        I_ref = self.I_src
         if T is not None and T[0] is not None:
-            I_adv = differentiable(T[0], I_adv, torch.Generator().manual_seed(T[1]))
+            I_adv, I_ref = (differentiable(T[0], I, torch.Generator().manual_seed(T[1])) for I in (I_adv, I_ref))
 
         # Encode attacked image x_adv = E(I_adv); every reference is encoded with the same draw d, so
         # that each distance is exactly zero where I_adv equals its reference.
@@ -116,8 +117,8 @@ class Objective:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
         if "att" in self.terms:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
-                _, A_src = model.G(X_t, sigma, model.E(self.I_src, d, self.size), self.c_src, d, blocks,
-                                   maps_only=True)
+                c_ref = self.c_src if I_ref is self.I_src else model.embed(I_ref)
+                _, A_src = model.G(X_t, sigma, model.E(I_ref, d, self.size), c_ref, d, blocks, maps_only=True)
             terms["att"] = attention_loss(A_adv, A_src, self.tau2)
         return terms
 

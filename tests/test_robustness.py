@@ -62,7 +62,16 @@ def test_only_what_the_adversary_receives_is_transformed(svd, I_src, monkeypatch
     monkeypatch.setattr(attack, "differentiable", lambda spec, I, g: seen.append((spec, I.shape)) or I)
     with torch.no_grad():
         assert obj(I_adv, (aug, sigma, noise, (("blur", 1.0), 0))) == clean
-    assert seen == [(("blur", 1.0), I_adv.shape)]
+    assert seen == [(("blur", 1.0), I_adv.shape)] * 2  # the guarded photo, then the source for A_src
+
+
+def test_eot_counts_no_transformation_as_attack(svd, I_src):
+    """With I_adv = I_src the attention distance is zero whatever T was drawn: A_src comes from T(I_src)."""
+    obj = objective(svd, I_src, ("jpeg", "blur"))
+    aug, sigma, noise, _ = obj.draw(torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for T in [(("jpeg", 50.0), 0), (("blur", 1.0), 0)]:
+            assert obj(I_src[None], (aug, sigma, noise, T))["att"] == obj.tau2, T
 
 
 def test_eot_gradient_reaches_the_photo(svd, I_src):
