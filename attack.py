@@ -19,7 +19,6 @@ example: python attack.py --image examples/astronaut.png
 """
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -33,7 +32,8 @@ from pipelines.poses import read_poses
 from plumbing.cli import (FAILURE, choose_threads, command, default_dtype, default_low_memory, fail, json_bytes,
                           model_size, one_line, parse_device, pose_conditioned, refuse_clashes, text_conditioned,
                           weights_hint, write_files)
-from plumbing.files import already_protected, files_written, list_photos, output_paths, peak_memory, quantise
+from plumbing.files import (already_protected, digest, existing_photos, files_written, input_files, model_folder,
+                            output_paths, peak_memory, quantise)
 from plumbing.flags import attack_flags
 from plumbing.photos import png_bytes, read_mask, read_photo, to_uint8
 from plumbing.shard import join
@@ -214,7 +214,7 @@ def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
     return tuple(name for name in TERMS if not dropped.get(name))
 
 
-def protect_file(model, photo, out, mask, args, terms):
+def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     """Protect one photo file: writes the guarded PNG, its report beside it and, with --preview, the videos,
     all or nothing; returns the report."""
     rgb8, alpha, icc = read_photo(photo)
@@ -236,7 +236,7 @@ def protect_file(model, photo, out, mask, args, terms):
     report = {
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
         "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
-        "settings": report_settings(args),
+        "settings": report_settings(args), "inputs_sha256": inputs_sha256,
         "psnr_db": psnr(a, b), "ssim": ssim(a, b), "linf": (a - b).abs().max().item(),
         "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
         "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
@@ -280,16 +280,13 @@ def main(argv=None):
     if args.step_size <= 0:
         fail(f"--step-size must be positive, got {args.step_size:g}")
     args.height, args.width = model_size(args.height, args.width, args.model)
-    photos = list_photos(args.image)
-    missing = [str(p) for p in photos if not p.is_file()]
-    if missing or not photos:
-        fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
+    photos = existing_photos(args.image)
     try:
         mask = read_mask(args.mask) if args.mask else None
     except ValueError as e:
         fail(f"--mask {args.mask}: {e}")
     outs = output_paths(photos, args.image, args.out)
-    inputs = photos + ([Path(args.mask)] if args.mask else [])
+    inputs = input_files(*photos, args.mask, args.pose, model_folder(args.model))
     refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
                    inputs)
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
@@ -326,11 +323,12 @@ def main(argv=None):
     failures = []
     with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
         for photo, out in bar:
-            if already_protected(out, report_settings(args)):
+            sha256 = digest([photo, *filter(None, (args.mask, args.pose))])  # resume only on the same inputs
+            if already_protected(out, report_settings(args), sha256):
                 bar.write(f"{photo}: done already, skipped", file=sys.stderr)
                 continue
             try:
-                report = protect_file(model, photo, out, mask, args, terms)
+                report = protect_file(model, photo, out, mask, args, terms, sha256)
                 video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
                          f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
                 bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "

@@ -38,7 +38,7 @@ from judging.transforms import name as transform_name
 from pipelines.svd import SVDPipeline, generate, load_model
 from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
                           json_bytes, model_size, one_line, parse_device, refuse_clashes, weights_hint, write_files)
-from plumbing.files import list_photos, quantise
+from plumbing.files import digest, existing_photos, input_files, list_photos, model_folder, quantise, result_folder
 from plumbing.flags import evaluate_flags
 from plumbing.photos import model_input, png_bytes, read_photo, to_uint8
 from plumbing.shard import join
@@ -187,7 +187,7 @@ def merge(out, folders, methods, settings):
 def merge_only(out, photos):
     """--merge-only: the tables over the photo folders in `out` (those of `photos` when given), made with
     the settings of the first one done and the methods every one has; exit 1 if some are not done."""
-    folders = [out / photo.stem for photo in photos] if photos else sorted(
+    folders = [result_folder(out, photo) for photo in photos] if photos else sorted(
         folder for folder in out.iterdir() if (folder / "metrics.json").is_file())
     records = {folder: read_record(folder / "metrics.json") for folder in folders}
     done = {folder: record for folder, record in records.items() if record is not None}
@@ -224,19 +224,17 @@ def main(argv=None):
     if not 1 / 255 <= args.eps <= 1:
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
     args.height, args.width = model_size(args.height, args.width, args.model)
-    photos = list_photos(args.image)
-    missing = [str(q) for q in photos if not q.is_file()]
-    if missing or not photos:
-        fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
+    photos = existing_photos(args.image)
     out = Path(args.out)
     check_writable(out, may_create=True)
     planned = [("the tables", out / name) for name in RUN_FILES]
     for photo in photos:
-        folder = out / photo.stem
+        folder = result_folder(out, photo)
         planned += [(photo, folder)] + [(photo, folder / name) for name in
                                         [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]
                                         + ["transformed.png"] * bool(args.transforms)]
-    refuse_clashes(planned, photos)
+    refuse_clashes(planned, input_files(*photos, *map(model_folder, (args.model, args.victim or args.model,
+                                                                     args.dino, args.aesthetic))))
     args.video_seeds = args.video_seeds or held_out_seeds(args.seed)
     if args.seed in args.video_seeds:
         fail(f"--video-seeds must leave out the attack's --seed {args.seed}: protection is judged on videos "
@@ -265,21 +263,22 @@ def main(argv=None):
     settings = {key: getattr(args, key) for key in SETTINGS}
     if args.transforms:  # recorded only when given, so that runs made before --transforms still resume
         settings["transforms"] = [transform_name(spec) for spec in args.transforms]
-    previous = {photo: previous_record(out / photo.stem / "metrics.json", settings) for photo in photos}
+    previous = {photo: previous_record(result_folder(out, photo) / "metrics.json", settings) for photo in photos}
 
     failures = []
     mine = [photo for photo in photos if worker.takes(photo)]
     with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
         for photo in bar:
-            record = previous[photo]
-            if record is not None and set(args.methods) <= set(record["videos"]):
+            record, folder, sha256 = previous[photo], result_folder(out, photo), digest([photo])
+            if (record is not None and set(args.methods) <= set(record["videos"])
+                    and record.get("inputs_sha256") == sha256
+                    and all((folder / f"{m}.png").is_file() for m in args.methods)):
                 bar.write(f"{photo}: done already, skipped", file=sys.stderr)
                 continue
-            folder = out / photo.stem
             start = time.perf_counter()
             try:
                 record, files = evaluate_photo(svd, victim, judges, photo, folder, args.methods, args)
-                record |= {"settings": settings, "wall_time_s": time.perf_counter() - start}
+                record |= {"settings": settings, "inputs_sha256": sha256, "wall_time_s": time.perf_counter() - start}
                 write_files(files | {folder / "metrics.json": json_bytes(record)})
             except (ValueError, OSError, RuntimeError, MemoryError) as e:
                 failures.append(photo)
@@ -291,7 +290,7 @@ def main(argv=None):
         print(f"{worker.label} done; once every shard is, make the tables with: evaluate.py --merge-only "
               f"--image {' '.join(args.image)} --out {out}", file=sys.stderr)
     elif worker.rank == 0:
-        merge(out, [out / photo.stem for photo in photos], args.methods, json.loads(json_bytes(settings)))
+        merge(out, [result_folder(out, photo) for photo in photos], args.methods, json.loads(json_bytes(settings)))
     worker.finish()
     if failures:
         sys.exit(FAILURE)

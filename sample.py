@@ -19,6 +19,7 @@ from pipelines.svd import generate, load_model
 from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
                           model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint,
                           write_files)
+from plumbing.files import input_files, model_folder
 from plumbing.flags import sample_flags
 from plumbing.photos import encoded, model_input, read_photo, to_images, video_bytes
 from weights import WeightsError
@@ -84,7 +85,7 @@ def main(argv=None):
 
     num_frames = args.frames or svd.unet.config.num_frames
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
-    refuse_clashes([(image, path) for path in [out, *frame_files]], [image])
+    refuse_clashes([(image, path) for path in [out, *frame_files]], input_files(image, model_folder(args.model)))
     frames = generate(svd, resized, num_frames=num_frames, steps=args.steps, fps=args.fps,
                       motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
@@ -110,7 +111,8 @@ def sample_with_poses(args, device, dtype, photo, resized, out):
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     frame_files = frame_paths(args.frames_dir, len(poses)) if args.frames_dir else []
-    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], [Path(args.image)])
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
+                   input_files(args.image, args.pose, model_folder(args.model)))
     frames = controlnext.generate_controlnext(networks, pose_encoder, resized, poses, steps=args.steps,
                                               seed=args.seed, clip_image=photo, progress=True)
     write_video(frames, args, out, frame_files)
@@ -133,7 +135,8 @@ def sample_with_text(args, device, dtype, resized, out):
         embeds, negative = (cogvideox.prompt_embeddings(model.text_encoder, i.to(device)) for i in (ids, negative))
     model.text_encoder = None  # 9.5 GB in bfloat16, needed once
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
-    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], [Path(args.image)])
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
+                   input_files(args.image, args.pose, model_folder(args.model)))
     frames = cogvideox.generate_cogvideox(model, resized, prompt_embeds=embeds, negative_embeds=negative,
                                           steps=args.steps, scheduler=args.scheduler,
                                           dynamic_guidance=args.dynamic_guidance, num_frames=num_frames,

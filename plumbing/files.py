@@ -1,5 +1,6 @@
 """A command's photo files: which photos a command was given, where their outputs go, whether an earlier
 run made them already, and the guarded photo in 8 bits."""
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,15 @@ def list_photos(paths):
     return list(unique.values())
 
 
+def existing_photos(paths):
+    """list_photos, refusing (status 2) photos that do not exist, or finding none."""
+    photos = list_photos(paths)
+    missing = [str(p) for p in photos if not p.is_file()]
+    if missing or not photos:
+        fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
+    return photos
+
+
 def output_paths(photos, inputs, out):
     """Where each photo's guarded PNG goes: beside it by default; else --out names one PNG, or a folder when
     it is one, ends in a slash, or a folder or several photos were given."""
@@ -56,13 +66,50 @@ def files_written(out, preview):
     return [out] + [out.with_suffix(suffix) for suffix in suffixes]
 
 
-def already_protected(out, settings):
-    """Whether an earlier run protected this photo with these settings: its report, the last file written,
-    is there and records them."""
+def already_protected(out, settings, inputs_sha256):
+    """Whether an earlier run protected this photo with these settings and these inputs: its guarded PNG is
+    there, and its report, the last file written, records the same settings and the same inputs' digest."""
     try:
-        return json.loads(out.with_suffix(".json").read_text())["settings"] == json.loads(json_bytes(settings))
+        report = json.loads(out.with_suffix(".json").read_text())
+        return (out.is_file() and report["settings"] == json.loads(json_bytes(settings))
+                and report.get("inputs_sha256") == inputs_sha256)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, TypeError, KeyError):
         return False
+
+
+def digest(paths):
+    """sha256 over what these input files hold (a folder: its regular files, sorted by name, each named), so
+    that a result is reused only for the same inputs, not merely the same file names."""
+    h = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+            if file.is_file():  # a FIFO or a missing file is not read here (it would block or fail)
+                with file.open("rb") as stream:
+                    for block in iter(lambda: stream.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()
+
+
+def input_files(*paths):
+    """Every file an output must not overwrite: the paths given, and for a folder (a model, a pose
+    sequence) the files in it."""
+    found = []
+    for path in map(Path, filter(None, paths)):
+        found += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return found
+
+
+def model_folder(model):
+    """A --model given as a local folder (its files are inputs too), else None (a hub id or a built-in name)."""
+    return model if Path(model).is_dir() else None
+
+
+def result_folder(out, photo):
+    """evaluate.py's folder for a photo inside `out`: named by its stem, or by its whole name when the
+    stem would point elsewhere ("", ".", ".."), so that no photo's results leave `out`."""
+    return Path(out) / (photo.stem if photo.stem not in ("", ".", "..") else photo.name)
 
 
 def peak_memory(device):

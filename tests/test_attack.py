@@ -3,6 +3,7 @@ and the full loss falls, against SVD, ControlNeXt (poses drawn per iteration) an
 prompt); the temporal term has a gradient; each ablation removes exactly its term; the saved photo keeps
 the budget in 8 bits, the input's size, alpha and orientation, the mask, and is reproducible; the
 command line writes the photo and its report, and refuses bad input with a one-line error."""
+from pathlib import Path
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pipelines.svd import SVDPipeline
 from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 4, 4
-ROOT = attack.Path(attack.__file__).parent
+ROOT = Path(attack.__file__).parent
 # The tiny CogVideoX's learned position table is for 32x32 photos and 17 frames (5 latent frames).
 COG_SIZE, COG_FRAMES = (32, 32), TINY_TRANSFORMER.sample_frames
 

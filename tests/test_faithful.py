@@ -2,6 +2,7 @@
 conditioning, the term weights do not hinge on one random draw, evaluation videos are decoded as the
 pipeline decodes them, the random baseline copies i2vguard's perturbation statistics, and VBench's
 resize is reproduced on float frames."""
+from pathlib import Path
 import math
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_calibrated_weights_do_not_depend_on_the_thread_count(photo):
             "from test_faithful import calibrated_ratios, make_photo; from weights import tiny_svd; "
             "V_0 = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1; "
             "print(*calibrated_ratios(tiny_svd(0, dtype=torch.float64), make_photo().double(), 0, V_0=V_0))")
-    root = attack.Path(attack.__file__).parent
+    root = Path(attack.__file__).parent
     outputs = [subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(n)], cwd=root, capture_output=True,
                               text=True, check=True).stdout.split() for n in (1, 2)]
     assert len(outputs[0]) == 2

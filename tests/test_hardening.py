@@ -10,6 +10,7 @@ import sys
 import time
 import zlib
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from plumbing.flags import AESTHETIC_SOURCE, DINO_SOURCE
 from plumbing.photos import MAX_PIXELS, MIN_SIDE
 from weights import WeightsError, tiny_svd
 
-ROOT = attack.Path(attack.__file__).parent
+ROOT = Path(attack.__file__).parent
 TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]
 ATTACK = TINY + ["--steps", "1"]
 RANDOM = TINY + ["--method", "random-sign"]  # no optimisation: the file handling alone
@@ -90,7 +91,7 @@ def refused(main, args, tmp_path, capsys, status, new=()):
         assert [line for line in err.splitlines() if not line.startswith("WARNING")] == errors
     after = snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert set(after) - set(before) == set(map(attack.Path, new))
+    assert set(after) - set(before) == set(map(Path, new))
     return errors[0]
 
 
@@ -228,7 +229,7 @@ def test_a_too_small_photo_fails_alone_and_the_folder_goes_on(photo, tmp_path, c
     status, err = run(attack.main, ["--image", tmp_path, "--out", tmp_path / "out"] + RANDOM, capsys)
     assert status == 1 and err.count("error:") == 2 and "Traceback" not in err
     assert f"at least {MIN_SIDE} pixels" in err and "1 of 3 photos protected" in err
-    assert set(snapshot(tmp_path)) - set(before) == {attack.Path(p) for p in (
+    assert set(snapshot(tmp_path)) - set(before) == {Path(p) for p in (
         "out", "out/photo.guarded.png", "out/photo.guarded.json")}
 
 
@@ -414,3 +415,42 @@ def test_image_and_sample_steps_mean_the_same_everywhere(photo, tmp_path, capsys
         assert "--image" in text and "--sample-steps" in text and "bfloat16 on CUDA" in text
         assert "--seed SEED" in text and "(default: 0)" in text.split("--seed SEED")[-1][:80]
     assert "--photos" in text  # evaluate keeps its old name for --image
+
+
+# ---------------------------------------------------------------- 12. inputs beyond the photos, and stale results
+def test_outputs_never_touch_a_model_folder_or_a_pose_sequence(photo, tmp_path, capsys):
+    """Every input, not only the photos: the files of a local model folder and of a pose sequence."""
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "config.json").write_text("{}")
+    args = ["--image", photo, "--model", model, "--out", model / "unet" / "config.png"] + RANDOM[2:]
+    assert "config.json would overwrite the input" in refused(attack.main, args, tmp_path, capsys, 2)
+    poses = tmp_path / "poses.gif"
+    Image.new("RGB", (16, 16)).save(poses, save_all=True, append_images=[Image.new("RGB", (16, 16))] * 3)
+    args = ["--image", photo, "--model", "tiny-controlnext", "--pose", poses, "--out", poses]
+    assert "would overwrite the input" in refused(sample.main, args, tmp_path, capsys, 2)
+
+
+def test_evaluate_keeps_every_photo_inside_out(tmp_path, capsys):
+    """A photo named '...png' has the stem '..': its results stay in OUT/...png/, not in OUT's parent."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    noise_photo(photos / "...png")
+    out = tmp_path / "runs" / "out"
+    assert run(evaluate.main, ["--image", photos, "--out", out] + EVALUATE + ["--video-seeds", "1"], capsys)[0] == 0
+    assert (out / "...png" / "metrics.json").is_file()
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"out"}
+
+
+def test_resume_needs_the_same_inputs_and_the_outputs_still_there(photo, tmp_path, capsys):
+    out = tmp_path / "g.png"
+    args = ["--image", photo, "--out", out] + RANDOM + ["--no-video-check"]
+    assert run(attack.main, args, capsys)[0] == 0
+    assert "done already, skipped" in run(attack.main, args, capsys)[1]
+    first = out.read_bytes()
+    noise_photo(tmp_path / "another-picture.png").replace(photo)  # another picture, same name
+    status, err = run(attack.main, args, capsys)
+    assert status == 0 and "skipped" not in err and out.read_bytes() != first
+    out.unlink()  # the guarded photo deleted, its report left
+    status, err = run(attack.main, args, capsys)
+    assert status == 0 and "skipped" not in err and out.is_file()

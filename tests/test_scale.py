@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import attack
 import evaluate
 from plumbing.shard import share_of
 
-ROOT = attack.Path(attack.__file__).parent
+ROOT = Path(attack.__file__).parent
 TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]
 ATTACK = TINY + ["--steps", "1"]
 NAMES = ["a.png", "b.png", "c.png", "d.png", "e.png"]  # shares of 2: a, b, d to the first; c, e to the second
@@ -60,7 +61,7 @@ def run_out(main, args, capsys):
 
 def protected(stdout):
     """The photos a run says it protected, one entry per time."""
-    return sorted(attack.Path(line.split(" -> ")[0]).name for line in stdout.splitlines() if " -> " in line)
+    return sorted(Path(line.split(" -> ")[0]).name for line in stdout.splitlines() if " -> " in line)
 
 
 @pytest.fixture(scope="module")
