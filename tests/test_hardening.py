@@ -69,14 +69,21 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
-def run(main, args, capsys):
-    """A command's main in-process -> (exit status, stderr)."""
+def run_both(main, args, capsys):
+    """A command's main in-process -> (exit status, stdout, stderr)."""
     try:
         main([str(a) for a in args])
         status = 0
     except SystemExit as e:
         status = e.code
-    return status, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def run(main, args, capsys):
+    """A command's main in-process -> (exit status, stderr)."""
+    status, _, err = run_both(main, args, capsys)
+    return status, err
 
 
 def refused(main, args, tmp_path, capsys, status, new=()):

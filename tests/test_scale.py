@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_hardening import run
+from test_hardening import run, run_both
 
 import attack
 import evaluate
@@ -46,17 +46,6 @@ def torchrun(script, args):
 def outputs(folder):
     """{file name: bytes} of the guarded photos in `folder`."""
     return {p.name: p.read_bytes() for p in folder.glob("*.guarded.png")}
-
-
-def run_out(main, args, capsys):
-    """A command's main in-process -> (exit status, stdout, stderr): the results go to stdout."""
-    try:
-        main([str(a) for a in args])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def protected(stdout):
@@ -111,12 +100,12 @@ def test_shards_resume_after_an_interruption_with_single_process_bytes(photos, s
             raise KeyboardInterrupt
         return protect_file(*a, **kw)
     monkeypatch.setattr(attack, "protect_file", interrupted_at_the_second_photo)
-    status, out, _ = run_out(attack.main, args + ["--shard", "1/2"], capsys)
+    status, out, _ = run_both(attack.main, args + ["--shard", "1/2"], capsys)
     assert status == 130 and protected(out) == ["a.png"]
     first = (tmp_path / "out/a.guarded.png").stat().st_mtime_ns
     monkeypatch.undo()
 
-    status, out, err = run_out(attack.main, args + ["--shard", "1/2"], capsys)
+    status, out, err = run_both(attack.main, args + ["--shard", "1/2"], capsys)
     assert status == 0 and protected(out) == ["b.png", "d.png"] and "a.png: done already, skipped" in err
     assert (tmp_path / "out/a.guarded.png").stat().st_mtime_ns == first
     env = os.environ | {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2", "PYTHON": sys.executable,
