@@ -206,8 +206,6 @@ def check_finite(step, tensors):
 
 
 # ---------------------------------------------------------------- command line
-
-
 def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
     """The loss terms left after the ablations of Table 1."""
     dropped = {"enc": no_spatial, "att": no_temporal, "con": no_diffusion}
@@ -261,11 +259,11 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
 
 
 def report_settings(args):
-    """The settings a report records: every flag's value but where the photos come from and go to and which
-    worker made them, and the conditions and EOT when unused (so that reports made before they existed still
-    resume)."""
+    """The settings a report records: every flag's value but where the photos come from and go to, which
+    worker made them and with how many threads, and the conditions and EOT when unused (so that reports made
+    before they existed still resume)."""
     unused = [k for k in ("eot", "pose", "prompt") if not getattr(args, k)]
-    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", *unused)}
+    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", "threads", *unused)}
 
 
 @command
