@@ -1,25 +1,22 @@
 """Train the toy SVD: the official network classes at a small size, on stills and clips from toy/data.py.
 
-    python -m toy.train --out run                                      # phases 1 to 3
-    python -m toy.train --decoder-from run --out my_toy --clip-steps 400   # phase 4 (toy/weights was made so)
+    python -m toy.train --out run               # toy/weights was made so
     python -m toy.train --out /tmp/toy --device cuda
 
-Four phases, as SVD's networks were made (the fourth mends the second):
+Three phases, as SVD's networks were made:
 1. the autoencoder (image encoder and temporal decoder) on stills: batches of 32 random 32x32 crops,
    each decoded as a 1-frame video, with MSE (what PSNR measures) on the reconstruction from the
    posterior mean (the only latent the pipeline and the attack use) and a tiny KL term. Peak learning
    rate 2e-3, from 300-step runs at 1e-3, 2e-3 and 4e-3 (22.5, 22.8 and 22.0 dB on the example photos);
-2. the decoder alone on 8-frame clips, a short phase for its temporal layers; then the scaling factor
-   = 1 / std of the latents, as Stable Diffusion set its 0.18215;
+2. the decoder alone on 8-frame clips, a short phase for its temporal layers, their neighbour-frame taps
+   zeroed first (`only_centre_taps`): stills never train them (a 1-frame decode does not use them), and
+   left at their random start, 300 steps left 8-frame decodes at 14 to 21 dB where stills decode at 28.
+   Then the scaling factor = 1 / std of the latents, as Stable Diffusion set its 0.18215;
 3. the UNet with the EDM objective (`model/edm.py`'s preconditioning, loss weight (sigma^2+1)/sigma^2,
    i.e. unit weight on the network output) and SVD's conditioning: the noise-augmented first frame's
    latent concatenated to every frame, the CLIP embedding of the first frame, and the added time ids
    [fps - 1, motion_bucket_id, noise_aug_strength]. Both image conditions are dropped together for 10%
-   of the clips, which is what the sampler's classifier-free guidance takes as unconditional;
-4. the decoder again on clips, its neighbour-frame taps zeroed first (`only_centre_taps`): phase 2 started
-   them from their random values, which stills never trained (a 1-frame decode does not use them), and
-   300 steps left 8-frame decodes at 14 to 21 dB on the training clips where stills decode at 28. The
-   encoder, and so the UNet's latents, do not change.
+   of the clips, which is what the sampler's classifier-free guidance takes as unconditional.
 
 The CLIP image encoder stays a small FROZEN RANDOM network: its embedding is a fixed random feature of
 the photo. The UNet's weights are an exponential moving average. Writes the official folder layout
@@ -29,7 +26,6 @@ step's loss) and training.json (settings, per-phase wall time, final losses).
 import argparse
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -42,7 +38,6 @@ from model.edm import denoise
 from pipelines.svd import clip_embedding, image_latents
 from toy.data import ClipMaker, load_photos, motion_bucket
 from toy.plot import loss_curve
-from weights import load_svd
 
 SIZE, FRAMES, FPS = 64, 8, 7
 # log sigma ~ N(P_MEAN, P_STD^2) for most clips (EDM's lognormal, shifted up as SVD shifted it for video:
@@ -210,33 +205,6 @@ def save_component(folder, network, class_name, stem, extra=None):
     save_file(state, str(folder / f"{stem}.fp16.safetensors"))
 
 
-def retune_decoder(args, device):
-    """--decoder-from: a trained toy's decoder trained again on clips, its neighbour-frame taps first zeroed
-    (only_centre_taps); the encoder, the scaling factor, the UNet and the CLIP encoder stay as they are, so
-    the UNet's latents mean what they meant."""
-    source, out = Path(args.decoder_from), Path(args.out)
-    svd = load_svd(source, variant="fp16")
-    vae = svd.vae.to(device).float().requires_grad_(True)
-    only_centre_taps(vae.decoder)
-    g = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)
-    log, start = [], time.perf_counter()
-    # a tenth of the peak: the decoder starts where stills left it and should stay near there
-    train_vae_clips(vae, ClipMaker(load_photos(), SIZE, FRAMES), args.clip_steps, args.clip_batch, args.vae_lr / 10,
-                    g, device, log)
-    seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    save_component(out / "vae", vae.eval(), "AutoencoderKLTemporalDecoder", "diffusion_pytorch_model")
-    for name in ("unet", "image_encoder"):
-        shutil.copytree(source / name, out / name)
-    summary = json.loads((source / "training.json").read_text())
-    summary["decoder_retune"] = {"settings": vars(args), "seconds": seconds, "threads": torch.get_num_threads(),
-                                 "final_loss": final_loss(log, "vae clips", last=50)}
-    (out / "training.json").write_text(json.dumps(summary))
-    loss_curve(log, out / "decoder_loss_curve.png")
-    print(f"wrote {out}: decoder {seconds:.0f} s")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (official layout)")
@@ -250,14 +218,10 @@ def main(argv=None):
     p.add_argument("--unet-batch", type=int, default=4, help="clips per UNet step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--decoder-from", metavar="TOY", help="only train TOY's decoder again on --clip-steps clips "
-                   "(its neighbour-frame taps zeroed first), keeping its encoder, UNet and CLIP encoder")
     args = p.parse_args(argv)
     out, device = Path(args.out), torch.device(args.device)
     if out.exists() and any(out.iterdir()):
         p.error(f"{out} is not empty")
-    if args.decoder_from:
-        return retune_decoder(args, device)
 
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
@@ -273,6 +237,7 @@ def main(argv=None):
     start = time.perf_counter()
     train_vae_stills(vae.train(), maker, args.still_steps, args.still_batch, args.still_crop, args.vae_lr, g,
                      device, log)
+    only_centre_taps(vae.decoder)
     train_vae_clips(vae, maker, args.clip_steps, args.clip_batch, args.vae_lr / 3, g, device, log)
     vae.eval().requires_grad_(False)
     vae.config.scaling_factor = latent_scale(vae, maker, g, device)
