@@ -119,3 +119,17 @@ def test_readme_gives_the_command_ci_runs():
     command = [line.strip() for line in ci.read_text().splitlines() if line.strip()][-1]
     blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
     assert any(command in (line.split("#")[0].strip() for line in block.splitlines()) for block in blocks), command
+
+
+def test_one_torch_version_for_the_tests():
+    """requirements-dev.txt, the README's Tests section and .ci/run install the same torch, and the README
+    gives the CPU-only install from PyTorch's own index on its first screen."""
+    pinned = re.search(r"^torch==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.MULTILINE).group(1)
+    readme = README.read_text(encoding="utf-8")
+    tests = readme[readme.index("\n## Tests"):]
+    assert re.findall(r"torch==(\S+)", tests) == [pinned]
+    ci = ROOT / ".ci" / "run"
+    if ci.exists():
+        assert set(re.findall(r"torch==(\S+)", ci.read_text())) == {pinned}
+    first_screen = readme[:readme.index("\n## Protect a photo")]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in first_screen
