@@ -221,6 +221,7 @@ def main(argv=None):
         fail(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if "random" in args.methods and "i2vguard" not in args.methods:
         fail("--methods: random copies the mean and std of i2vguard's perturbation; add i2vguard")
+    args.methods = [m for m in METHODS if m in args.methods]  # the tables' order, so the contact sheets' too
     if not 1 / 255 <= args.eps <= 1:
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
     args.height, args.width = model_size(args.height, args.width, args.model)

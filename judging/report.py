@@ -60,7 +60,9 @@ def mean_std(values, scale):
 
 
 def table(rows, columns):
-    """rows: (row name, [metric dicts]) -> Markdown with mean ± std of each column over the dicts."""
+    """rows: (row name, [metric dicts]) -> Markdown with mean ± std of each column over the dicts; a column
+    no dict has (a judge that was not loaded) is left out."""
+    columns = [c for c in columns if any(c[0] in d for _, dicts in rows for d in dicts)]
     lines = ["| Source | n | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for name, dicts in rows:
         cells = [mean_std([d[k] for d in dicts if k in d], s) if any(k in d for d in dicts) else "–"
