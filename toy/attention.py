@@ -43,6 +43,10 @@ def distances(A, B):
     return attention_distance(A, B).item(), float(np.mean([(A[k] - B[k]).abs().mean().item() for k in A]))
 
 
+def mean(rows):
+    return "{:.2e} / {:.4f}".format(*np.mean(rows, 0))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", required=True, help="folder of the source photos")
@@ -72,7 +76,6 @@ def main(argv=None):
             moved[m].append(distances(maps[m], maps["source"]))
             cells.append("{:.2e} / {:.4f}".format(*moved[m][-1]))
         print(f"| {stem} | " + " | ".join(cells) + " |")
-    mean = lambda rows: "{:.2e} / {:.4f}".format(*np.mean(rows, 0))  # noqa: E731
     print("| mean | " + " | ".join(mean(moved[m]) for m in methods) + " |")
     print(f"\nTwo different photos, each on its own video ({len(pairs)} pairs): {mean(pairs)}")
 
