@@ -29,9 +29,9 @@ from judging.transforms import differentiable, draw_eot
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
 from pipelines import load_pipeline
 from pipelines.poses import read_poses
-from plumbing.cli import (FAILURE, choose_threads, command, default_dtype, default_low_memory, fail, json_bytes,
-                          model_size, one_line, parse_device, pose_conditioned, refuse_clashes, text_conditioned,
-                          weights_hint, write_files)
+from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_dtype, default_low_memory, fail,
+                          json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
+                          text_conditioned, weights_hint, write_files)
 from plumbing.files import (already_protected, digest, existing_photos, files_written, input_files, model_folder,
                             output_paths, peak_memory, quantise)
 from plumbing.flags import attack_flags
@@ -295,7 +295,7 @@ def main(argv=None):
         if not pose_conditioned(args.model):
             fail(f"--pose: {args.model} is not a pose-conditioned model (--model controlnext is)")
         try:
-            poses = [read_poses(args.pose, args.height, args.width)]
+            poses = [read_poses(args.pose, args.height, args.width, args.frames or MAX_FRAMES)[:MAX_FRAMES]]
         except ValueError as e:
             fail(f"--pose: {e}")
     worker, device = join(args.shard, parse_device(args.device))

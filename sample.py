@@ -16,8 +16,8 @@ from PIL import features
 from pipelines import cogvideox, controlnext
 from pipelines import poses as pose_sequences
 from pipelines.svd import generate, load_model
-from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
-                          model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint,
+from plumbing.cli import (FAILURE, MAX_FRAMES, check_writable, choose_threads, command, default_dtype,
+                          default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint,
                           write_files)
 from plumbing.files import input_files, model_folder
 from plumbing.flags import sample_flags
@@ -98,10 +98,12 @@ def sample_with_poses(args, device, dtype, photo, resized, out):
     """ControlNeXt-SVD-v2 (pipelines/controlnext.py), with the release's settings: 25 steps unless --steps, guidance 3,
     windows of 24 frames overlapping by 6, decoding 2 frames at a time. The other SVD flags do not apply."""
     try:
-        poses = (pose_sequences.read_poses(args.pose, args.height, args.width) if args.pose else
-                 pose_sequences.generic_poses(args.frames or controlnext.WINDOW, args.height, args.width)["wave"])
+        poses = (pose_sequences.read_poses(args.pose, args.height, args.width, args.frames or MAX_FRAMES) if args.pose
+                 else pose_sequences.generic_poses(args.frames or controlnext.WINDOW, args.height, args.width)["wave"])
     except ValueError as e:
         fail(f"--pose: {e}")
+    if not args.frames and len(poses) > MAX_FRAMES:
+        fail(f"--pose {args.pose} has more than {MAX_FRAMES} frames; give --frames N to use its first N")
     if args.frames:
         if args.frames > len(poses):
             fail(f"--pose {args.pose} has {len(poses)} frames, fewer than the {args.frames} of --frames")

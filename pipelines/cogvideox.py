@@ -24,6 +24,7 @@ For the attack, CogVideoXPipeline gives the pieces of Algorithm 1 that attack.py
 
 tiny_cogvideox() (--model tiny-cogvideox) is the same structure with tiny RANDOM networks, for tests only.
 """
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ RELEASE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
 SCHEDULE_FIXED = dict(prediction_type="v_prediction", beta_schedule="scaled_linear", set_alpha_to_one=True,
                       clip_sample=False, thresholding=False)
 SCHEDULERS = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
+MAX_TRAIN_TIMESTEPS = 100_000  # the release has 1000
+SCHEDULE_RANGES = {"num_train_timesteps": f"an integer from 1 to {MAX_TRAIN_TIMESTEPS}",
+                   "beta_start": "a number between 0 and 1", "beta_end": "a number between 0 and 1",
+                   "snr_shift_scale": "a positive number", "rescale_betas_zero_snr": "true or false",
+                   "steps_offset": "an integer from 0 to num_train_timesteps - 1"}
 
 
 @dataclass
@@ -90,7 +96,26 @@ def read_schedule(source):
     schedule = {k: d.get(k, v) for k, v in RELEASE_SCHEDULE.items()}
     if schedule["timestep_spacing"] not in ("trailing", "leading"):
         raise WeightsError(f"{path}: timestep_spacing {schedule['timestep_spacing']!r} is not 'trailing' or 'leading'")
+    # each value checked before anything is sized by it (a schedule of 1e9 timesteps would take 24 GB)
+    T = schedule["num_train_timesteps"]
+    checks = {"num_train_timesteps": is_integer(T) and 1 <= T <= MAX_TRAIN_TIMESTEPS,
+              "beta_start": is_number(schedule["beta_start"]) and 0 < schedule["beta_start"] < 1,
+              "beta_end": is_number(schedule["beta_end"]) and 0 < schedule["beta_end"] < 1,
+              "snr_shift_scale": is_number(schedule["snr_shift_scale"]) and 0 < schedule["snr_shift_scale"] < math.inf,
+              "rescale_betas_zero_snr": isinstance(schedule["rescale_betas_zero_snr"], bool),
+              "steps_offset": is_integer(schedule["steps_offset"]) and is_integer(T) and 0 <= schedule["steps_offset"] < T}
+    for key, ok in checks.items():
+        if not ok:
+            raise WeightsError(f"{path}: {key} = {schedule[key]!r} is not a usable value ({SCHEDULE_RANGES[key]})")
     return schedule
+
+
+def is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_text_encoder(source, dtype, device):

@@ -6,12 +6,16 @@ width and height. Frame 0 of every generic sequence is the same neutral standing
 replaces a sequence's first pose by the reference photo's own pose anyway.
 """
 import colorsys
+import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageSequence
+
+from plumbing.cli import one_line
+from plumbing.photos import to_8bit
 
 KEYPOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
              "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
@@ -162,11 +166,13 @@ def generic_poses(frames, height, width):
             for name, sequence in SEQUENCES.items()}
 
 
-def read_poses(path, height, width):
+def read_poses(path, height, width, limit):
     """Pose frames -> (F, 3, H, W) float32 in [0, 1], each resized (bilinear) to height x width.
 
     path: a folder of frame images (.png, .jpg, .jpeg, .webp, in name order) or one image file (every
-    frame of an animated GIF or WebP). Anything unreadable is a one-line ValueError.
+    frame of an animated GIF or WebP). Only the first limit + 1 frames are decoded, so a long sequence costs
+    no more memory than a short one; F > limit tells the caller there are more. 16-bit frames are scaled
+    to 8 bits as photos are. Anything unreadable is a one-line ValueError.
     """
     path = Path(path)
     if path.is_dir():
@@ -179,10 +185,14 @@ def read_poses(path, height, width):
         raise ValueError(f"{path}: no such pose file or folder")
     frames = []
     for file in files:
+        if not file.is_file():  # a FIFO would block the read, a folder named *.png cannot be read
+            raise ValueError(f"{file}: not a regular file")
         try:
             with Image.open(file) as im:
-                frames += [np.asarray(f.convert("RGB").resize((width, height), Image.BILINEAR))
-                           for f in ImageSequence.Iterator(im)]
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{file}: not a readable image ({e})") from None
+                for frame in itertools.islice(ImageSequence.Iterator(im), limit + 1 - len(frames)):
+                    frames.append(np.asarray(to_8bit(frame).convert("RGB").resize((width, height), Image.BILINEAR)))
+        except (OSError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{file}: not a readable image ({one_line(e)})") from None
+        if len(frames) > limit:
+            break
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255  # (F, 3, H, W)

@@ -154,6 +154,13 @@ def test_broken_folders_are_one_line_errors(release, tmp_path):
         ("vae/config.json", '{"_class_name": "AutoencoderKL"}', "describes a 'AutoencoderKL'"),
         ("scheduler/scheduler_config.json", '{"_class_name": "CogVideoXDDIMScheduler", '
                                             '"prediction_type": "epsilon"}', "prediction_type"),
+        # values are checked before anything is sized by them (1e9 timesteps took 24 GB), types too
+        *(("scheduler/scheduler_config.json", '{"_class_name": "CogVideoXDDIMScheduler", ' + field + "}", key)
+          for field, key in (('"num_train_timesteps": 1000000000', "num_train_timesteps = 1000000000"),
+                             ('"num_train_timesteps": "1000"', "num_train_timesteps = '1000'"),
+                             ('"beta_end": [0.012]', "beta_end"), ('"snr_shift_scale": -1', "snr_shift_scale"),
+                             ('"rescale_betas_zero_snr": "yes"', "rescale_betas_zero_snr"),
+                             ('"steps_offset": 1000', "steps_offset"))),
     ]
     for relpath, text, message in breakages:
         path = tmp_path / relpath

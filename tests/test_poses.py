@@ -1,4 +1,6 @@
 """Pose sequences for ControlNeXt: generic motions, skeletons drawn in the release's convention, pose files."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +63,7 @@ def test_read_poses_folder_in_name_order(tmp_path):
     for name, colour in zip(("02.png", "01.png", "10.png"), COLOURS):
         Image.new("RGB", (40, 30), colour).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not a pose")
-    frames = poses.read_poses(tmp_path, 16, 12)
+    frames = poses.read_poses(tmp_path, 16, 12, 128)
     assert frames.shape == (3, 3, 16, 12) and frames.dtype == torch.float32
     expected = torch.tensor([COLOURS[1], COLOURS[0], COLOURS[2]], dtype=torch.float32) / 255
     torch.testing.assert_close(frames.mean(dim=(2, 3)), expected)
@@ -70,7 +72,7 @@ def test_read_poses_folder_in_name_order(tmp_path):
 def test_read_poses_every_frame_of_a_gif(tmp_path):
     images = [Image.new("RGB", (40, 30), colour) for colour in COLOURS]
     images[0].save(tmp_path / "poses.gif", save_all=True, append_images=images[1:], duration=100)
-    frames = poses.read_poses(tmp_path / "poses.gif", 16, 12)
+    frames = poses.read_poses(tmp_path / "poses.gif", 16, 12, 128)
     assert frames.shape == (3, 3, 16, 12)
     torch.testing.assert_close(frames.mean(dim=(2, 3)), torch.tensor(COLOURS, dtype=torch.float32) / 255)
 
@@ -81,5 +83,25 @@ def test_read_poses_refuses_bad_input(tmp_path):
     for path, why in ((tmp_path / "missing", "no such"), (tmp_path / "empty", "no .png"),
                       (tmp_path / "bad.png", "not a readable image")):
         with pytest.raises(ValueError, match=why) as error:
-            poses.read_poses(path, 16, 12)
+            poses.read_poses(path, 16, 12, 128)
         assert "\n" not in str(error.value)
+
+
+def test_read_poses_decodes_no_more_than_it_needs(tmp_path):
+    """A long GIF costs the frames asked for plus one (which says there are more), not all of them."""
+    images = [Image.new("RGB", (40, 30), COLOURS[i % 3]) for i in range(50)]
+    images[0].save(tmp_path / "long.gif", save_all=True, append_images=images[1:], duration=40)
+    assert poses.read_poses(tmp_path / "long.gif", 16, 12, 4).shape == (5, 3, 16, 12)
+    for i, image in enumerate(images[:10]):
+        image.save(tmp_path / f"{i:02}.png")
+    (tmp_path / "long.gif").unlink()
+    assert poses.read_poses(tmp_path, 16, 12, 3).shape == (4, 3, 16, 12)
+
+
+def test_read_poses_scales_16_bit_frames_and_refuses_what_is_not_a_file(tmp_path):
+    Image.fromarray(np.full((30, 40), 32896, dtype=np.uint16)).save(tmp_path / "00.png")  # 32896 / 257 = 128
+    frames = poses.read_poses(tmp_path, 16, 12, 128)
+    torch.testing.assert_close(frames, torch.full((1, 3, 16, 12), 128 / 255))
+    os.mkfifo(tmp_path / "01.png")  # reading it would block forever
+    with pytest.raises(ValueError, match="01.png: not a regular file"):
+        poses.read_poses(tmp_path, 16, 12, 128)
