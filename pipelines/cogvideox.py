@@ -103,7 +103,8 @@ def read_schedule(source):
               "beta_end": is_number(schedule["beta_end"]) and 0 < schedule["beta_end"] < 1,
               "snr_shift_scale": is_number(schedule["snr_shift_scale"]) and 0 < schedule["snr_shift_scale"] < math.inf,
               "rescale_betas_zero_snr": isinstance(schedule["rescale_betas_zero_snr"], bool),
-              "steps_offset": is_integer(schedule["steps_offset"]) and is_integer(T) and 0 <= schedule["steps_offset"] < T}
+              "steps_offset": is_integer(schedule["steps_offset"]) and is_integer(T)
+              and 0 <= schedule["steps_offset"] < T}
     for key, ok in checks.items():
         if not ok:
             raise WeightsError(f"{path}: {key} = {schedule[key]!r} is not a usable value ({SCHEDULE_RANGES[key]})")

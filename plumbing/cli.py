@@ -2,7 +2,7 @@
 an exit status, the device, and output files written all or nothing, never onto an input.
 
 Exit statuses: 2 for a usage error (a bad flag or path, refused before any work), 1 for a failure met
-while running (an unreadable photo, broken weights, NaN, out of memory), 130 for Ctrl-C.
+while running (an unreadable photo, broken weights, NaN, out of memory), 130 for Ctrl-C, 143 for SIGTERM.
 """
 import argparse
 import contextlib
@@ -10,15 +10,17 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
 from weights import TOY_MODEL, WeightsError, build_network
 
-USAGE, FAILURE, INTERRUPTED = 2, 1, 130
+USAGE, FAILURE, INTERRUPTED, TERMINATED = 2, 1, 130, 143
 # Upper limits of the flags that size the tensors, so that a typo is refused instead of exhausting memory.
 MAX_FRAMES, MAX_SIDE, MAX_SAMPLE_STEPS = 128, 4096, 1000
 MAX_SEED = 2**63 - 1
@@ -40,14 +42,30 @@ def command(main):
     Ctrl-C leaves the outputs finished before it and nothing else."""
     @functools.wraps(main)
     def run(argv=None):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
         try:
             return main(argv)
         except KeyboardInterrupt:
             fail("interrupted (Ctrl-C); the outputs finished before it are complete, nothing else was written",
                  INTERRUPTED)
+        except Terminated:
+            fail("terminated (SIGTERM, as Slurm sends at a cancel or the time limit); the outputs finished before "
+                 "it are complete, nothing else was written", TERMINATED)
         except (WeightsError, ValueError, OSError, RuntimeError, MemoryError) as e:
             fail(one_line(e), FAILURE)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
     return run
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: raised in the main thread, so the command ends as Ctrl-C ends it."""
+
+
+def terminate(signum, frame):
+    raise Terminated
 
 
 def one_line(error):
@@ -177,23 +195,48 @@ def check_writable(folder, may_create=False):
 def write_files(files):
     """Write {path: bytes} all or nothing, creating missing folders. Each file goes first to a new
     temporary file beside its target, created exclusively (nothing planted there is followed); all are
-    renamed onto their targets only once every one is written."""
+    renamed onto their targets only once every one is written and every target is known to be replaceable
+    (a folder or a FIFO in a target's place refuses them all). Ctrl-C and SIGTERM wait until it is done."""
     staged = []
+    with signals_held():
+        try:
+            for path, data in files.items():
+                path = Path(path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                staged.append((tmp, path))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o666 & ~umask())  # the permissions a plainly created file gets
+            for _, path in staged:
+                if path.exists() and not path.is_file():
+                    raise OSError(f"{path} is there and is not a file; nothing was written")
+            for tmp, path in staged:
+                os.replace(tmp, path)
+        finally:
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C (SIGINT) and SIGTERM acted on only when the block is over, so that it is never left half done:
+    while it runs, they are only noted (Python runs every handler in the main thread, whichever thread the
+    signal reached, so a handler, unlike a thread's signal mask, holds them all)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted = []
+    previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for path, data in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~umask())  # the permissions a plainly created file gets
-        for tmp, path in staged:
-            os.replace(tmp, path)
+        yield
     finally:
-        for tmp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if noted:
+            signal.raise_signal(noted[0])
 
 
 def umask():

@@ -4,6 +4,7 @@ every file already there byte-identical, with no file written but the intended o
 tiny and most cases are refused before the model loads, so the whole file runs in about a minute."""
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pipelines
 import sample
 import weights
 from pipelines import svd as svd_pipeline
-from plumbing.cli import write_files
+from plumbing.cli import signals_held, write_files
 from plumbing.flags import AESTHETIC_SOURCE, DINO_SOURCE
 from plumbing.photos import MAX_PIXELS, MIN_SIDE
 from weights import WeightsError, tiny_svd
@@ -192,6 +193,22 @@ def test_files_are_written_all_or_nothing(tmp_path):
     with pytest.raises(OSError):
         write_files({tmp_path / "a.txt": b"a", tmp_path / "file" / "b.txt": b"b"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # every target is checked before any is replaced: a folder in a later target's place spares the first
+    (tmp_path / "a.txt").write_text("old")
+    (tmp_path / "b.txt").mkdir()
+    with pytest.raises(OSError, match="not a file; nothing was written"):
+        write_files({tmp_path / "a.txt": b"new", tmp_path / "b.txt": b"b"})
+    assert (tmp_path / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.txt", "b.txt", "file"]
+
+
+def test_a_signal_while_writing_waits_until_every_file_is_written(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle: held
+            write_files({tmp_path / "a.txt": b"a", tmp_path / "b.txt": b"b"})
+            written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["a.txt", "b.txt"]
 
 
 # ---------------------------------------------------------------- 4. overwrites and 5. collisions
@@ -340,6 +357,19 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(photo, tmp_path, cap
     args = ["--image", photo] + (RANDOM + ["--preview"] if main is attack.main else
                                  ["--out", tmp_path / "v.gif"] + TINY)
     assert "interrupted" in refused(main, args, tmp_path, capsys, 130)
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(photo, tmp_path, capsys, monkeypatch):
+    """Slurm's SIGTERM (at a cancel or the time limit): one line, status 143, nothing half written, and the
+    handler the command found is back afterwards."""
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(sample, "generate", terminated)
+    assert "terminated (SIGTERM" in refused(sample.main, ["--image", photo, "--out", tmp_path / "v.gif"] + TINY,
+                                            tmp_path, capsys, 143)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ---------------------------------------------------------------- 10. evaluate.py
