@@ -308,6 +308,8 @@ def main(argv=None):
     except ValueError as e:
         fail(f"--prompt: {e}")
     args.frames = args.frames or model.num_frames
+    if model.size_problem((args.height, args.width), args.frames):
+        fail(model.size_problem((args.height, args.width), args.frames))
     if poses is not None and args.frames > len(poses[0]):
         fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
     args.low_memory = default_low_memory(device) if args.low_memory is None else args.low_memory

@@ -37,7 +37,8 @@ from judging.transforms import EOT_KINDS
 from judging.transforms import name as transform_name
 from pipelines.svd import SVDPipeline, generate, load_model
 from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
-                          json_bytes, model_size, one_line, parse_device, refuse_clashes, weights_hint, write_files)
+                          json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
+                          text_conditioned, weights_hint, write_files)
 from plumbing.files import digest, existing_photos, input_files, list_photos, model_folder, quantise, result_folder
 from plumbing.flags import evaluate_flags
 from plumbing.photos import model_input, png_bytes, read_photo, to_uint8
@@ -222,6 +223,10 @@ def main(argv=None):
     if "random" in args.methods and "i2vguard" not in args.methods:
         fail("--methods: random copies the mean and std of i2vguard's perturbation; add i2vguard")
     args.methods = [m for m in METHODS if m in args.methods]  # the tables' order, so the contact sheets' too
+    for name in filter(None, (args.model, args.victim)):
+        if pose_conditioned(name) or text_conditioned(name):
+            fail(f"--model {name}: evaluate.py judges SVD models (a hub id or folder, toy, tiny); for ControlNeXt and "
+                 "CogVideoX, protect with attack.py and make the videos with sample.py")
     if not 1 / 255 <= args.eps <= 1:
         fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
     args.height, args.width = model_size(args.height, args.width, args.model)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 KINDS = ("jpeg", "resize", "down", "blur", "noise")
+MIN_FACTOR = 0.1
 # The ranges EOT draws from (uniformly); "resize" covers both down-and-up and down-only.
 EOT_KINDS = ("jpeg", "resize", "blur", "noise")
 EOT_RANGES = {"jpeg": (50, 95), "resize": (0.5, 1.0), "blur": (0.5, 1.5), "noise": (0.005, 0.03)}
@@ -45,10 +46,13 @@ def parse(text):
         raise ValueError(f"unknown transformation {text!r}: use jpeg<quality>, resize<factor>, down<factor>, "
                          "blur<sigma> or noise<sigma>, e.g. jpeg75,resize0.5,blur1,noise0.02")
     kind, value = match[1], float(match[2])
-    ok = {"jpeg": 1 <= value <= 100 and value == int(value), "resize": 0 < value <= 1, "down": 0 < value <= 1,
+    # below MIN_FACTOR too little of a photo is left to judge (down0.0001 makes a 64x64 photo 1x1)
+    ok = {"jpeg": 1 <= value <= 100 and value == int(value), "resize": MIN_FACTOR <= value <= 1,
+          "down": MIN_FACTOR <= value <= 1,
           "blur": 0 < value <= 10, "noise": 0 < value <= 0.5}[kind]
     if not ok:
-        limits = {"jpeg": "a whole quality from 1 to 100", "resize": "a factor in (0, 1]", "down": "a factor in (0, 1]",
+        limits = {"jpeg": "a whole quality from 1 to 100", "resize": f"a factor in [{MIN_FACTOR:g}, 1]",
+                  "down": f"a factor in [{MIN_FACTOR:g}, 1]",
                   "blur": "a sigma in (0, 10] pixels", "noise": "a sigma in (0, 0.5]"}[kind]
         raise ValueError(f"{text}: {kind} takes {limits}")
     return kind, value

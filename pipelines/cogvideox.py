@@ -372,6 +372,23 @@ class CogVideoXPipeline:
         names = self.attention_names
         return names[len(names) // 2 - 1], names[len(names) // 2]
 
+    def size_problem(self, size, num_frames):
+        """Why the networks cannot make `num_frames` frames at `size` (H, W), or None: the VAE makes 4k + 1
+        frames, its latents must tile into patches, and a learned position table takes only its own size."""
+        cfg, k = self.networks.transformer.config, self.networks.transformer.config.temporal_compression_ratio
+        scale = 2 ** (len(self.networks.vae.config.block_out_channels) - 1)  # the VAE's downsampling: 8
+        h, w = (side // scale for side in size)
+        if (num_frames - 1) % k:
+            return f"--frames: CogVideoX makes {k}k + 1 frames ({cfg.sample_frames}, {cfg.sample_frames - k}, ...), " \
+                   f"got {num_frames}"
+        if cfg.use_learned_positional_embeddings and (h, w) != (cfg.sample_height, cfg.sample_width):
+            return (f"--height/--width: this CogVideoX's learned position table takes {cfg.sample_height * scale}x"
+                    f"{cfg.sample_width * scale} only, got {size[0]}x{size[1]}")
+        if h % cfg.patch_size or w % cfg.patch_size or min(h, w) == 0:
+            return (f"--height/--width: multiples of {scale * cfg.patch_size} for this CogVideoX, got "
+                    f"{size[0]}x{size[1]}")
+        return None
+
     def low_memory(self, on):
         """Recompute each transformer block's and the VAE encoder's activations in the backward pass instead of
         keeping them (benchmarks/cogvideox_memory.py: what that saves at 480x720x49)."""

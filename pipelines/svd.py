@@ -210,6 +210,10 @@ class SVDPipeline:
         """The transformers whose temporal self-attention maps G can return."""
         return self.networks.unet.attention_names
 
+    def size_problem(self, size, num_frames):
+        """Why the networks cannot make `num_frames` frames at `size`, or None: SVD takes any multiple of 8."""
+        return None
+
     def default_attn_blocks(self):
         """The temporal self-attention of the last downsampling level that has attention, all its layers
         (SVD: down_blocks.2.attentions.0 and .1)."""

@@ -122,4 +122,11 @@ def test_attack_command_defaults_and_prompt_refusals(tmp_path, capsys):
             attack.main(["--image", str(photo), "--out", str(tmp_path / "q.png"), "--model", model, "--prompt", prompt])
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and message in err[-1] and "error: --prompt" in err[-1]
+    # sizes and frame counts the networks cannot take: refused before any photo, status 2, one line
+    for flags, message in ((["--frames", "8"], "4k + 1 frames"), (["--height", "8"], "position table takes 32x32"),
+                           (["--height", "40", "--width", "40"], "position table takes 32x32")):
+        with pytest.raises(SystemExit) as e:
+            attack.main(["--image", str(photo), "--out", str(tmp_path / "q.png"), "--model", "tiny-cogvideox", *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and message in err[-1] and "Traceback" not in "".join(err)
     assert not (tmp_path / "q.png").exists()

@@ -66,7 +66,9 @@ def test_a_column_no_video_has_is_left_out():
 @pytest.mark.parametrize("flags, message", [(["--methods", "nope"], "unknown nope"),
                                             (["--frames", "2"], "at least 3"),
                                             (["--seed", "4", "--video-seeds", "3,4"], "leave out the attack's"),
-                                            (["--video-seeds", ","], "no seed given")])
+                                            (["--video-seeds", ","], "no seed given"),
+                                            (["--model", "tiny-cogvideox"], "judges SVD models"),
+                                            (["--victim", "tiny-controlnext"], "judges SVD models")])
 def test_bad_input_is_one_line_and_exit_2(photos, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--photos", str(photos), "--out", str(tmp_path / "o"), "--model", "tiny"] + flags)

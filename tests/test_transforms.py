@@ -101,7 +101,8 @@ def test_parse(text, expected):
     assert transforms.name(expected) == text.replace("down.25", "down0.25")
 
 
-@pytest.mark.parametrize("text", ["jpeg", "jpeg0", "jpeg101", "jpeg7.5", "resize2", "blur0", "noise1", "gif3", ""])
+@pytest.mark.parametrize("text", ["jpeg", "jpeg0", "jpeg101", "jpeg7.5", "resize2", "down0.0001", "blur0", "noise1",
+                                  "gif3", ""])
 def test_parse_refuses_in_one_line(text):
     with pytest.raises(ValueError) as e:
         parse(text)
