@@ -145,7 +145,10 @@ SETTINGS = ("model", "victim", "variant", "dtype", "eps", "steps", "seed", "vide
 
 
 def read_record(done):
-    """A photo's record from its metrics.json, or None when there is none or it cannot be read."""
+    """A photo's record from its metrics.json, or None when there is none or it cannot be read (a FIFO there
+    is not read: it would block)."""
+    if not done.is_file():
+        return None
     try:
         record = json.loads(done.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):

@@ -24,6 +24,7 @@ USAGE, FAILURE, INTERRUPTED, TERMINATED = 2, 1, 130, 143
 # Upper limits of the flags that size the tensors, so that a typo is refused instead of exhausting memory.
 MAX_FRAMES, MAX_SIDE, MAX_SAMPLE_STEPS = 128, 4096, 1000
 MAX_SEED = 2**63 - 1
+MAX_NAME_BYTES = 255  # the longest file name common file systems take (temporary names are short)
 MODEL_HELP = ("SVD img2vid: hub repo id or local folder in the official layout, 'toy' (a small SVD trained on a "
               "CPU, 64x64, 8 frames) or 'tiny' (untrained random weights: protects nothing, for tests); "
               "ControlNeXt-SVD-v2: 'controlnext', a local folder with controlnet/, or 'tiny-controlnext'; "
@@ -172,6 +173,9 @@ def refuse_clashes(planned, inputs):
     inputs = {file_key(path): path for path in inputs}
     owners = {}
     for source, path in planned:
+        if len(Path(path).name.encode()) > MAX_NAME_BYTES:
+            fail(f"{Path(path).name[:40]}...: an output file name longer than {MAX_NAME_BYTES} bytes; "
+                 "rename the photo or choose another --out")
         key = file_key(path)
         if key in inputs:
             fail(f"{path} would overwrite the input {inputs[key]}; choose another --out")
@@ -203,7 +207,7 @@ def write_files(files):
             for path, data in files.items():
                 path = Path(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                fd, tmp = tempfile.mkstemp(prefix=".i2vguard-", suffix=".tmp", dir=path.parent)  # any name's length
                 staged.append((tmp, path))
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

@@ -23,12 +23,22 @@ def quantise(src8, I_adv, eps, mask):
     return (src8.float() + d).clamp(0, 255).to(torch.uint8)
 
 
+def is_a(test, path):
+    """path.is_file() or .is_dir(), False where the name cannot even be looked up (too long, say)."""
+    try:
+        return test(Path(path))
+    except OSError:
+        return False
+
+
 def list_photos(paths):
-    """Photo files and folders of photos -> the photo files, each once (guarded outputs in folders left out)."""
+    """Photo files and folders of photos -> the photo files, each once (guarded outputs in folders left out,
+    and entries that are not files, such as a folder or a FIFO named *.png)."""
     photos = []
     for p in map(Path, paths):
-        if p.is_dir():
-            photos += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and ".guarded" not in f.name)
+        if is_a(Path.is_dir, p):
+            photos += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and ".guarded" not in f.name
+                             and is_a(Path.is_file, f))
         else:
             photos.append(p)
     unique = {}
@@ -40,7 +50,7 @@ def list_photos(paths):
 def existing_photos(paths):
     """list_photos, refusing (status 2) photos that do not exist, or finding none."""
     photos = list_photos(paths)
-    missing = [str(p) for p in photos if not p.is_file()]
+    missing = [str(p) for p in photos if not is_a(Path.is_file, p)]
     if missing or not photos:
         fail(f"no such photo: {', '.join(missing)}" if missing else "no photos found")
     return photos
@@ -51,7 +61,8 @@ def output_paths(photos, inputs, out):
     it is one, ends in a slash, or a folder or several photos were given."""
     if out is None:
         return [p.with_name(f"{p.stem}.guarded.png") for p in photos]
-    if len(photos) > 1 or any(Path(i).is_dir() for i in inputs) or out.endswith(("/", os.sep)) or Path(out).is_dir():
+    if len(photos) > 1 or any(is_a(Path.is_dir, i) for i in inputs) or out.endswith(("/", os.sep)) \
+            or is_a(Path.is_dir, out):
         check_writable(out, may_create=True)
         return [Path(out) / f"{p.stem}.guarded.png" for p in photos]
     if Path(out).suffix.lower() != ".png":
@@ -69,6 +80,8 @@ def files_written(out, preview):
 def already_protected(out, settings, inputs_sha256):
     """Whether an earlier run protected this photo with these settings and these inputs: its guarded PNG is
     there, and its report, the last file written, records the same settings and the same inputs' digest."""
+    if not out.with_suffix(".json").is_file():  # nor read a FIFO there, which would block
+        return False
     try:
         report = json.loads(out.with_suffix(".json").read_text())
         return (out.is_file() and report["settings"] == json.loads(json_bytes(settings))

@@ -9,6 +9,7 @@ photo's profile would misdescribe the RGB pixels written.
 """
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 def read_image(path):
     """An image file -> (PIL image in mode RGB or RGBA, its RGB colour profile or None), EXIF orientation applied."""
+    if not Path(path).is_file():  # a FIFO would block the read forever; a folder cannot be read
+        raise ValueError("not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_still's limit is lower

@@ -313,12 +313,26 @@ def test_variant_none_loads_plain_safetensors(photo, tmp_path, capsys):
     assert Image.open(tmp_path / "v.gif").n_frames == 2
 
 
+def test_what_is_not_a_file_is_skipped_in_a_folder_and_never_read(photo, tmp_path, capsys):
+    """A folder or a FIFO named *.png among the photos is passed over; a FIFO where the report goes is
+    neither read (resume) nor replaced: that photo fails in one line, status 1, without blocking."""
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    assert run(attack.main, ["--image", tmp_path, "--out", tmp_path / "out/"] + RANDOM, capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo.guarded.json", "photo.guarded.png"]
+    os.mkfifo(tmp_path / "p.guarded.json")
+    assert "not a file" in refused(attack.main, ["--image", photo, "--out", tmp_path / "p.guarded.png"] + RANDOM,
+                                   tmp_path, capsys, 1)
+
+
 # ---------------------------------------------------------------- 8. other uncaught errors
 @pytest.mark.parametrize("case", ["out folder is a file", "sample out is a folder", "frames-dir is a file",
-                                  "seed too big", "negative seed", "meta device", "evaluate out is a file"])
+                                  "seed too big", "negative seed", "meta device", "evaluate out is a file",
+                                  "mask is a fifo", "output name too long"])
 def test_other_bad_paths_and_values(photo, tmp_path, capsys, case):
     (tmp_path / "file").write_text("x")
     (tmp_path / "v.gif").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")  # reading it would block forever
     two = [photo, noise_photo(tmp_path / "second.png")]
     main, args = {
         "out folder is a file": (attack.main, ["--image", *two, "--out", tmp_path / "file"]),
@@ -329,6 +343,8 @@ def test_other_bad_paths_and_values(photo, tmp_path, capsys, case):
         "negative seed": (sample.main, ["--image", photo, "--out", tmp_path / "w.gif", "--seed", -1]),
         "meta device": (attack.main, ["--image", photo, "--device", "meta"]),
         "evaluate out is a file": (evaluate.main, ["--image", photo, "--out", tmp_path / "file"]),
+        "mask is a fifo": (attack.main, ["--image", photo, "--mask", tmp_path / "fifo.png"]),
+        "output name too long": (attack.main, ["--image", photo, "--out", tmp_path / ("a" * 252 + ".png")]),
     }[case]
     refused(main, args + TINY, tmp_path, capsys, 2)
 
