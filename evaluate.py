@@ -153,7 +153,19 @@ def read_record(done):
         record = json.loads(done.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("videos"), dict) else None
+    return record if well_formed(record) else None
+
+
+def well_formed(record):
+    """Whether a metrics.json holds what the tables read: a photo name, its settings, its video seeds, and per
+    method a list of one dict of scores per video seed (a hand-edited or foreign file is made again)."""
+    if not isinstance(record, dict) or not isinstance(record.get("videos"), dict):
+        return False
+    seeds = record.get("video_seeds")
+    return (isinstance(record.get("photo"), str) and isinstance(record.get("settings"), dict)
+            and isinstance(seeds, list) and len(seeds) > 0 and "original" in record["videos"]
+            and all(isinstance(v, list) and len(v) == len(seeds) and all(isinstance(d, dict) for d in v)
+                    for v in record["videos"].values()))
 
 
 def previous_record(done, settings):

@@ -103,3 +103,14 @@ def test_victim_makes_every_video_and_the_attacks_never_see_it(photos, tmp_path,
         assert (tmp_path / "same/a" / f"{method}.png").read_bytes() == (tmp_path / "other/a" / f"{method}.png").read_bytes()
     change = [record["videos"]["original"][0]["mean_frame_change"] for record in (same, other)]
     assert change[0] != change[1]
+
+
+@pytest.mark.parametrize("record", [[], {"videos": {"original": 5}}, {"videos": {"original": [1]}, "photo": "a.png",
+                                                                       "settings": {}, "video_seeds": [1]}])
+def test_merge_only_passes_over_a_record_of_the_wrong_shape(tmp_path, capsys, record):
+    (tmp_path / "o" / "a").mkdir(parents=True)
+    (tmp_path / "o" / "a" / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--merge-only", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "no photo in" in err and len(err.splitlines()) == 1
