@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from plumbing.cli import fail
+
 # A worker that finishes early waits this long at the end for the slowest one.
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
 
@@ -66,7 +68,13 @@ def join(shard, device):
     """This process's Worker and device. Under torchrun, joins the other workers (nccl on CUDA, gloo
     elsewhere), and a CUDA device given without an index becomes the GPU of this LOCAL_RANK."""
     k, n = shard or (1, 1)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        fail(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} must be whole numbers "
+             "(torchrun sets them)")
+    if not 0 <= rank < world:
+        fail(f"RANK={rank} with WORLD_SIZE={world}: a rank is 0 to WORLD_SIZE - 1 (torchrun sets them)")
     distributed = world > 1
     if distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

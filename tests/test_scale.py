@@ -17,7 +17,7 @@ from test_hardening import run, run_both
 
 import attack
 import evaluate
-from plumbing.shard import share_of
+from plumbing.shard import join, share_of
 
 ROOT = Path(attack.__file__).parent
 TINY = ["--model", "tiny", "--height", "64", "--width", "64", "--frames", "3", "--sample-steps", "2"]
@@ -129,3 +129,14 @@ def test_torchrun_evaluate_writes_one_table_that_merge_only_rebuilds(photos, tmp
         (out / name).unlink()
     assert run(evaluate.main, ["--merge-only", "--out", out], capsys)[0] == 0
     assert {name: (out / name).read_bytes() for name in evaluate.RUN_FILES} == tables
+
+
+@pytest.mark.parametrize("rank, world, message", [("5", "2", "a rank is 0 to WORLD_SIZE - 1"),
+                                                  ("x", "2", "must be whole numbers")])
+def test_a_rank_outside_the_world_is_refused_at_once(monkeypatch, capsys, rank, world, message):
+    """RANK=5 WORLD_SIZE=2 would wait for peers that never come: refused in one line, status 2."""
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(SystemExit) as e:
+        join(None, torch.device("cpu"))
+    assert e.value.code == 2 and message in capsys.readouterr().err
