@@ -19,7 +19,7 @@ class JSONConfig:
 
 
 EXPECTED = {int: "a positive integer", float: "a positive number", bool: "true or false", str: "a string",
-            tuple: "a list"}
+            tuple: "a list", type(None): "null"}
 
 
 def checked(key, value, kind):
@@ -27,7 +27,9 @@ def checked(key, value, kind):
     kinds = get_args(kind) or (kind,)
     if tuple in kinds and isinstance(value, (list, tuple)) and value:
         return tuple(checked(key, v, int | str) for v in value)
-    if isinstance(value, bool):
+    if value is None:
+        ok = type(None) in kinds
+    elif isinstance(value, bool):
         ok = bool in kinds
     elif isinstance(value, (int, float)):
         ok = (int in kinds and isinstance(value, int) or float in kinds) and 0 < value < math.inf
@@ -53,7 +55,7 @@ class VAEConfig(JSONConfig):
 
 @dataclass
 class UNetConfig(JSONConfig):
-    sample_size: int = 96
+    sample_size: int | None = 96  # no layer uses it; diffusers writes null when it is not given
     in_channels: int = 8
     out_channels: int = 4
     down_block_types: tuple = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)

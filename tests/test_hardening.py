@@ -290,6 +290,17 @@ def test_a_bad_config_is_one_weights_error(photo, tmp_path, capsys, config):
     assert "unet/config.json" in message
 
 
+def test_a_null_sample_size_is_read_as_diffusers_writes_it(tmp_path):
+    """diffusers writes "sample_size": null when none is given; no layer uses it, so it is accepted. A null
+    where a layer needs the value is still refused."""
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet/config.json").write_text(json.dumps(UNET | {"sample_size": None}))
+    assert weights.build_network(str(tmp_path), "unet").config.sample_size is None
+    (tmp_path / "unet/config.json").write_text(json.dumps(UNET | {"num_frames": None}))
+    with pytest.raises(WeightsError, match="num_frames = None: expected a positive integer"):
+        weights.build_network(str(tmp_path), "unet")
+
+
 def test_clip_heads_must_divide_its_width(tmp_path):
     folder = tmp_path / "image_encoder"
     folder.mkdir()
