@@ -188,8 +188,11 @@ def prompt_tokens(source, prompt, length=TEXT_LENGTH):
         return prompt_ids("", length)
     if source == TINY:
         raise ValueError("the tiny CogVideoX has no tokenizer: only the empty prompt")
-    tokenizer = T5Tokenizer.from_file(fetch(source, "tokenizer/spiece.model"))
-    return prompt_ids(prompt, length, tokenizer.ids(prompt, length))
+    path = fetch(source, "tokenizer/spiece.model")
+    try:  # any text can be tokenised: what goes wrong here is the file's fault (status 1), not the prompt's
+        return prompt_ids(prompt, length, T5Tokenizer.from_file(path).ids(prompt, length))
+    except ValueError as e:
+        raise WeightsError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def prompt_ids(prompt, length=TEXT_LENGTH, token_ids=None):

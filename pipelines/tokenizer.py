@@ -22,6 +22,7 @@ from sentencepiece in float64 sums and tie-breaking ("..." may become ".", ".." 
 in normalising a combining mark after some letters ("Ａ\u0301" to "A", not "Á"), in splitting words at U+0085, and
 in reading "</s>", "<extra_id_0>"... in the text as special tokens (plain text here, as in sentencepiece).
 """
+import bisect
 import struct
 from pathlib import Path
 
@@ -33,12 +34,17 @@ MODEL_TYPE, TREAT_WHITESPACE_AS_SUFFIX, BYTE_FALLBACK = 3, 24, 35   # TrainerSpe
 CHARSMAP, ADD_DUMMY_PREFIX, REMOVE_EXTRA_WHITESPACES, ESCAPE_WHITESPACES = 2, 3, 4, 5  # NormalizerSpec
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # SentencePiece.Type
 UNK_PENALTY = 10.0  # unigram_model.cc kUnkPenalty: an unknown character scores min(normal piece scores) - 10
+# Viterbi tries every piece length up to the longest at each character: a bound keeps it from growing with a
+# hostile model's longest piece (sentencepiece trains pieces of at most 16 characters unless told otherwise)
+MAX_PIECE_CHARS = 64
 
 
 def read_varint(buf, pos):
     value = shift = 0
     while buf[pos] & 0x80:  # IndexError past the end: a truncated file
         value, shift, pos = value | (buf[pos] & 0x7F) << shift, shift + 7, pos + 1
+        if shift > 63:  # a varint is at most 10 bytes; a longer one would grow a huge integer, step by step
+            raise ValueError(f"a varint longer than 10 bytes at byte {pos}")
     return value | buf[pos] << shift, pos + 1
 
 
@@ -79,7 +85,8 @@ class T5Tokenizer:
     def from_file(cls, path):
         try:
             return cls(Path(path).read_bytes())
-        except (ValueError, IndexError, struct.error, UnicodeDecodeError) as err:
+        except (ValueError, IndexError, struct.error, UnicodeDecodeError, AttributeError, TypeError) as err:
+            # AttributeError, TypeError: a field of another wire type than its own (a number for a piece, say)
             raise ValueError(f"{path} is not a SentencePiece Unigram model: {err}") from None
 
     def __init__(self, model_proto: bytes):
@@ -105,6 +112,8 @@ class T5Tokenizer:
             raise ValueError("it lacks normal pieces or one of <unk>, </s>, <pad>")
         self.eos_id, self.pad_id = self.ids_of["</s>"], self.ids_of["<pad>"]
         self.max_length = max(map(len, self.pieces))  # in characters
+        if self.max_length > MAX_PIECE_CHARS:
+            raise ValueError(f"a piece of {self.max_length} characters (at most {MAX_PIECE_CHARS} are read)")
         self.unk_score = f32(min(score for _, score in self.pieces.values()) - UNK_PENALTY)
         self.byte_fallback, self.add_dummy_prefix = last(trainer, BYTE_FALLBACK, 0), last(spec, ADD_DUMMY_PREFIX, 1)
         self.remove_extra_whitespaces = last(spec, REMOVE_EXTRA_WHITESPACES, 1)
@@ -117,6 +126,8 @@ class T5Tokenizer:
             if size % 4 or 4 + size >= len(charsmap):
                 raise ValueError("broken precompiled_charsmap")
             self.trie, self.replacements = struct.unpack(f"<{size // 4}I", charsmap[4:4 + size]), charsmap[4 + size:]
+        # where each replacement string ends: found by bisection, not by a scan that a table without NULs makes long
+        self.string_ends = [i for i, byte in enumerate(self.replacements) if byte == 0]
 
     def longest_rule(self, data, pos):
         """(bytes matched, replacement offset) of the longest rule matching a prefix of data[pos:], (0, 0) if none:
@@ -138,9 +149,15 @@ class T5Tokenizer:
     def normalize_prefix(self, data, pos):
         """normalizer.cc NormalizePrefix: (normalised bytes, input bytes used) at data[pos:]: the longest rule's
         replacement, else one UTF-8 character unchanged."""
-        length, value = self.longest_rule(data, pos) if self.trie else (0, 0)
+        try:
+            length, value = self.longest_rule(data, pos) if self.trie else (0, 0)
+        except IndexError:  # a unit pointing outside the trie
+            raise ValueError("broken precompiled_charsmap: the rules' trie points outside itself") from None
         if length:
-            return self.replacements[value:self.replacements.index(b"\0", value)], length
+            ends = bisect.bisect_left(self.string_ends, value)
+            if ends == len(self.string_ends):
+                raise ValueError("broken precompiled_charsmap: a replacement without its NUL")
+            return self.replacements[value:self.string_ends[ends]], length
         length = 1 if data[pos] < 0xC0 else 2 if data[pos] < 0xE0 else 3 if data[pos] < 0xF0 else 4
         return data[pos:pos + length], length
 

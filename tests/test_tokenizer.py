@@ -4,6 +4,8 @@ sentencepiece's EncodeAsIds for tricky strings and random text, our normalisatio
 code point, byte fallback included; ids() is transformers' T5Tokenizer with padding="max_length" and truncation, as the
 CogVideoX pipeline calls it; a broken file is a one-line ValueError."""
 import random
+import struct
+import time
 
 import pytest
 import sentencepiece as spm
@@ -11,6 +13,7 @@ from transformers import T5Tokenizer as ReferenceT5Tokenizer
 
 from pipelines.cogvideox import prompt_ids, prompt_tokens
 from pipelines.tokenizer import T5Tokenizer
+from weights import WeightsError
 
 CORPUS = """The quick brown fox jumps over the lazy dog. A cat walks slowly across the room, then sits.
 Café, naïve, résumé, déjà vu, über, façade, piñata, Zürich, São Paulo, Ærø.
@@ -113,6 +116,56 @@ def test_broken_file_is_a_one_line_value_error(model_dir, tmp_path, content):
     with pytest.raises(ValueError) as err:
         T5Tokenizer.from_file(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def varint(n):
+    out = b""
+    while n > 0x7F:
+        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+    return out + bytes([n])
+
+
+def field(number, payload):
+    """A protobuf field: an int as a varint, bytes length-delimited, a float as 32 bits."""
+    if isinstance(payload, int):
+        return varint(number << 3) + varint(payload)
+    if isinstance(payload, float):
+        return varint(number << 3 | 5) + struct.pack("<f", payload)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def hand_made(pieces, charsmap=None):
+    """A spiece.model written by hand: (piece, type) pairs, and a precompiled_charsmap if given."""
+    proto = b"".join(field(1, field(1, p.encode()) + field(2, -1.0) + field(3, kind)) for p, kind in pieces)
+    return proto + (field(3, field(2, charsmap)) if charsmap else b"")
+
+
+SPECIAL = [("<pad>", 3), ("</s>", 3), ("<unk>", 2), ("a", 1), ("\u2581", 1)]
+
+
+@pytest.mark.parametrize("content", ["long varint", "wrong wire type", "long piece"])
+def test_hostile_files_are_refused_fast(tmp_path, content):
+    """A varint of a million bytes (which would grow an integer step by step: quadratic), a number where a
+    piece's text goes, a piece too long for the Viterbi search to stay cheap."""
+    path = tmp_path / "spiece.model"
+    path.write_bytes({"long varint": b"\x08" + b"\xff" * 1_000_000 + b"\x01",
+                      "wrong wire type": field(1, field(1, 5)),
+                      "long piece": hand_made(SPECIAL + [("\u2581" + "a" * 100, 1)])}[content])
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        T5Tokenizer.from_file(path)
+    assert time.perf_counter() - start < 1 and "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_broken_tokenizer_is_the_model_s_fault_not_the_prompt_s(tmp_path):
+    """A normalisation trie that points outside itself breaks only when a prompt is tokenised: a WeightsError
+    naming the file (status 1), not a --prompt error."""
+    assert T5Tokenizer(hand_made(SPECIAL)).ids("a", 4) == [4, 3, 1, 0]  # the hand-made model works
+    (tmp_path / "tokenizer").mkdir()
+    trie = struct.pack("<II", 4, 5 << 10)  # one unit, whose children would start at 5: outside
+    (tmp_path / "tokenizer" / "spiece.model").write_bytes(hand_made(SPECIAL, trie + b"x\0"))
+    with pytest.raises(WeightsError, match="spiece.model: broken precompiled_charsmap"):
+        prompt_tokens(str(tmp_path), "a cat", 226)
 
 
 def test_cogvideox_prompts_use_the_release_tokenizer_file(model_dir, pair, tmp_path):
