@@ -175,7 +175,11 @@ def load_checked(model, paths, dtype=torch.float32, device="cpu", ignored=IGNORE
 
 def shard_files(source, index_relpath):
     """The local paths of the shards a safetensors index json (e.g. transformer/diffusion_pytorch_model.safetensors
-    .index.json) names, each fetched: the release's large networks come in several files."""
+    .index.json) names, each fetched: the release's large networks come in several files. A local folder
+    with no index but the one file it would index (model.safetensors) gives that file."""
+    single = index_relpath.removesuffix(".index.json")
+    if Path(source).is_dir() and not (Path(source) / index_relpath).exists() and (Path(source) / single).is_file():
+        return [fetch(source, single)]
     path = fetch(source, index_relpath)
     try:
         weight_map = json.loads(path.read_text())["weight_map"]

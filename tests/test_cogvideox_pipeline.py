@@ -170,3 +170,12 @@ def test_broken_folders_are_one_line_errors(release, tmp_path):
             load_cogvideox(tmp_path, dtype=torch.float32)
         assert "\n" not in str(error.value)
         path.write_bytes(saved)
+    # a text encoder saved as one file without an index (as save_pretrained does below its shard size)
+    single = {}
+    for shard in sorted((tmp_path / "text_encoder").glob("*.safetensors")):
+        single |= load_file(shard)
+        shard.unlink()
+    (tmp_path / "text_encoder/model.safetensors.index.json").unlink()
+    save_file(single, str(tmp_path / "text_encoder/model.safetensors"))
+    assert torch.equal(load_cogvideox(tmp_path, dtype=torch.float32).text_encoder.shared.weight,
+                       release[2].text_encoder.shared.weight)
