@@ -26,7 +26,7 @@ from tqdm import tqdm
 from judging.figures import preview
 from judging.metrics import held_out_seeds, psnr, ssim, video_distance
 from judging.transforms import differentiable, draw_eot
-from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, total_loss
+from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, mean_sq, total_loss
 from pipelines import load_pipeline
 from pipelines.poses import read_poses
 from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_dtype, default_low_memory, fail,
@@ -115,6 +115,8 @@ class Objective:
         X0_adv, A_adv = model.G(X_t, sigma, x_adv, c_adv, d, blocks)
         if "con" in self.terms:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
+            with torch.no_grad():  # whether Eq. 3's hinge max(0, tau1 - ||X0_adv - X_0||^2) is above 0
+                self.hinge_active = mean_sq(X0_adv, self.X_0).item() < self.tau1
         if "att" in self.terms:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
                 c_ref = self.c_src if I_ref is self.I_src else model.embed(I_ref)
@@ -148,14 +150,16 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 
 def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
-            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), progress=False):
+            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), recalibrate=0, progress=False):
     """Algorithm 1 against `model` (pipelines/__init__.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
     (3,H0,W0) in [0,1], per-step log).
 
     method "photoguard" keeps only L_enc (the encoder attack); "random-sign" returns uniform-sign noise
     of size eps (same L_inf) without optimising. `mask` (H0,W0) of 0/1 limits the perturbation (local
     attack). The weights of Eq. 4 are fidelity, alpha, beta, gamma divided by the mean absolute
-    gradient of their term at the start (`calibrate`). `eot` names the kinds of transformation
+    gradient of their term at the start (`calibrate`), and again every `recalibrate` steps if it is not 0.
+    The log's "balance" gives each term's share of the weighted gradient at those points and at the last
+    step: which term drove the attack. `eot` names the kinds of transformation
     (transforms.EOT_KINDS) of which one, or none, is drawn per iteration and applied to I_adv before
     the adversary's pipeline (expectation over transformations); the calibration draws them too.
     """
@@ -177,9 +181,13 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
                           eot=tuple(eot), progress=progress)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
     weights, calibration = calibrate(objective, (I_src + delta).clamp(0, 1), factors)
-    log = []
+    log, balance = [], []
     bar = tqdm(range(steps), desc="protecting", disable=not progress)
-    for _ in bar:
+    for k in bar:
+        if recalibrate and k and k % recalibrate == 0 or k == steps - 1:  # the terms' balance, then new weights
+            new_weights, record = calibrate(objective, (I_src + delta).clamp(0, 1), factors)
+            balance.append(shares(k, weights, record["mean_abs_grad"]))
+            weights = new_weights if recalibrate and k % recalibrate == 0 else weights
         I_adv = (I_src + delta).clamp(0, 1).requires_grad_()
         values = objective(I_adv, objective.draw(generator))
         # Compute the final loss L (Eq. 4)
@@ -190,11 +198,20 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
             step = grad.sign() if update == "sign" else grad
             delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
         check_finite(len(log), values | {"total": L, "gradient": grad, "I_adv": delta})
-        log.append({name: value.item() for name, value in values.items()} | {"total": L.item()})
+        log.append({name: value.item() for name, value in values.items()} | {"total": L.item()}
+                   | ({"hinge_active": objective.hinge_active} if "con" in values else {}))
         # What moves: L_enc and L_con against their first values, and the attention distance ||A_adv - A_src||^2
         moved = {name: f"{log[-1][name] / (log[0][name] or 1):.3g}x" for name in ("enc", "con") if name in values}
         bar.set_postfix(moved | ({"dA": f"{tau2 - log[-1]['att']:.2e}"} if "att" in values else {}))
-    return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "steps": log}
+    hinge = [s["hinge_active"] for s in log if "hinge_active" in s]
+    return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "balance": balance,
+                                "con_hinge_active_share": sum(hinge) / len(hinge) if hinge else None, "steps": log}
+
+
+def shares(step, weights, mean_abs_grad):
+    """Each term's share of the weighted gradient, sum_k w_k mean|dL_k/dI_adv|, at a step: the balance."""
+    parts = {name: weights[name] * g for name, g in mean_abs_grad.items() if weights[name] and g}
+    return {"step": step} | {name: part / sum(parts.values()) for name, part in parts.items()}
 
 
 def check_finite(step, tensors):
@@ -227,7 +244,8 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                              step_size=args.step_size, update=args.update, fidelity=args.fidelity, alpha=args.alpha,
                              beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
                              size=(args.height, args.width), attn_blocks=args.attn_blocks,
-                             sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (), progress=True)
+                             sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
+                             recalibrate=args.recalibrate, progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255
@@ -260,9 +278,9 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
 
 def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to, which
-    worker made them and with how many threads, and the conditions and EOT when unused (so that reports made
-    before they existed still resume)."""
-    unused = [k for k in ("eot", "pose", "prompt") if not getattr(args, k)]
+    worker made them and with how many threads, and the conditions, EOT and recalibration when unused (so
+    that reports made before they existed still resume)."""
+    unused = [k for k in ("eot", "pose", "prompt", "recalibrate") if not getattr(args, k)]
     return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", "threads", *unused)}
 
 

@@ -62,7 +62,11 @@ def attack_flags(description):
     p.add_argument("--alpha", type=number, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
     p.add_argument("--beta", type=number, default=1.0, help="weight of L_con, relative to its calibrated gradient")
     p.add_argument("--gamma", type=number, default=1.0, help="weight of L_att, relative to its calibrated gradient")
-    p.add_argument("--tau1", type=number, default=0.5, help="margin of L_con's hinge (mean squared latent distance)")
+    p.add_argument("--recalibrate", type=integer(0), default=0, metavar="K",
+                   help="calibrate the weights again every K steps, so that the terms stay on a similar scale "
+                        "(0: once, at the start, as the paper does); the report's balance shows each term's share")
+    p.add_argument("--tau1", type=number, default=0.5, help="margin of L_con's hinge (mean squared latent distance; "
+                   "the report's con_hinge_active_share says how often it was not yet reached)")
     p.add_argument("--tau2", type=number, default=0.5, help="offset of L_att (does not change the gradient)")
     p.add_argument("--eot", type=eot_kinds, metavar="KINDS",
                    help="expectation over transformations: comma-separated kinds from jpeg,resize,blur,noise; "

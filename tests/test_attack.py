@@ -4,6 +4,7 @@ prompt); the temporal term has a gradient; each ablation removes exactly its ter
 the budget in 8 bits, the input's size, alpha and orientation, the mask, and is reproducible; the
 command line writes the photo and its report, and refuses bad input with a one-line error."""
 from pathlib import Path
+import functools
 import json
 import subprocess
 import sys
@@ -109,6 +110,21 @@ def test_full_loss_decreases(case, I_src):
     before, after = mean_over_draws(obj, I_src, loss), mean_over_draws(obj, I_adv, loss)
     print(f"\nL: {before:.6g} -> {after:.6g}")
     assert after < before
+
+
+def test_balance_recalibration_and_the_hinge_are_recorded(I_src):
+    """--recalibrate K: new weights every K steps; the balance (each term's share of the weighted gradient)
+    is recorded there and at the last step, shares summing to 1. The hinge of Eq. 3 is active while
+    ||X0_adv - X_0||^2 < tau1: never with tau1 = 0, always with a tau1 beyond any distance."""
+    model = tiny_case("svd").model
+    run = functools.partial(protect, model, I_src, steps=5, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
+    _, once = run()
+    _, every = run(recalibrate=2)
+    assert [b["step"] for b in once["balance"]] == [4] and [b["step"] for b in every["balance"]] == [2, 4]
+    for b in once["balance"] + every["balance"]:
+        assert set(b) == {"step", "enc", "con", "att"} and abs(sum(b[t] for t in ("enc", "con", "att")) - 1) < 1e-9
+    assert every["weights"] != once["weights"]
+    assert run(tau1=0.0)[1]["con_hinge_active_share"] == 0 and run(tau1=1e9)[1]["con_hinge_active_share"] == 1
 
 
 def test_temporal_loss_has_a_gradient(case, I_src):
