@@ -115,8 +115,7 @@ class Objective:
         X0_adv, A_adv = model.G(X_t, sigma, x_adv, c_adv, d, blocks)
         if "con" in self.terms:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
-            with torch.no_grad():  # whether Eq. 3's hinge max(0, tau1 - ||X0_adv - X_0||^2) is above 0
-                self.hinge_active = mean_sq(X0_adv, self.X_0).item() < self.tau1
+            self.con_distance = mean_sq(X0_adv, self.X_0).detach()  # Eq. 3's hinge is active while < tau1
         if "att" in self.terms:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
                 c_ref = self.c_src if I_ref is self.I_src else model.embed(I_ref)
@@ -199,7 +198,7 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
             delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
         check_finite(len(log), values | {"total": L, "gradient": grad, "I_adv": delta})
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()}
-                   | ({"hinge_active": objective.hinge_active} if "con" in values else {}))
+                   | ({"hinge_active": objective.con_distance.item() < tau1} if "con" in values else {}))
         # What moves: L_enc and L_con against their first values, and the attention distance ||A_adv - A_src||^2
         moved = {name: f"{log[-1][name] / (log[0][name] or 1):.3g}x" for name in ("enc", "con") if name in values}
         bar.set_postfix(moved | ({"dA": f"{tau2 - log[-1]['att']:.2e}"} if "att" in values else {}))

@@ -246,18 +246,22 @@ def main(argv=None):
     p.add_argument("--height", type=int, default=480, help="model resolution")
     p.add_argument("--width", type=int, default=720, help="model resolution")
     p.add_argument("--frames", type=int, default=49, help="video frames (4k + 1)")
+    p.add_argument("--with-prompt", action="store_true",
+                   help="attack with a prompt: G is then the guided prediction, two transformer passes")
     args = p.parse_args(argv)
     size, frames = (args.height, args.width), args.frames
 
     networks = meta_networks(torch.bfloat16)
     sizes, _ = weights(networks)
     t5 = sizes.pop("T5 encoder")
-    pipeline = CogVideoXPipeline(networks)  # embeds the empty prompt on meta, then drops T5
+    # embeds the prompt on meta (any token ids will do: only shapes count here), then drops T5
+    pipeline = CogVideoXPipeline(networks, token_ids=[5, 6, 7, 1] if args.with_prompt else None)
     _, excluded = weights(networks)
     excluded |= {storage_key(e) for e in (pipeline.prompt_embeds, pipeline.negative_embeds)}
     resident = sum(sizes.values())
 
-    print(f"# CogVideoX-5B-I2V, {size[0]}x{size[1]}x{frames}, bfloat16 (GiB = 2^30 bytes; meta device)\n")
+    print(f"# CogVideoX-5B-I2V, {size[0]}x{size[1]}x{frames}, bfloat16 (GiB = 2^30 bytes; meta device)"
+          + (", attacked with a prompt (G guided: two passes)" if args.with_prompt else "") + "\n")
     print("## Weights\n")
     print("| network | GiB |\n|---|---:|")
     for name, b in sizes.items():

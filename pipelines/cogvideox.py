@@ -461,19 +461,25 @@ class CogVideoXPipeline:
         channels after X_t, as the pipeline does; c (None) is unused: the text is the prompt's fixed embedding.
         With maps_only it stops after the maps and returns (None, maps).
 
-        The conditional branch only. In the image-only setting the guidance halves are the same network call (both
-        prompts empty, both with the image latent), so v_u + g (v_c - v_u) = v_c exactly. With a prompt, both halves
-        still carry the photo's latent; the conditional one is what the prompt-following video comes from, and one
-        branch halves the memory and time of every iteration."""
+        The denoiser the adversary runs, guidance included. In the image-only setting the guidance halves are the
+        same network call (both prompts empty, both with the image latent), so v_u + g (v_c - v_u) = v_c exactly
+        and one pass is G. With a prompt, G is the sampler's guided prediction: the empty prompt's pass and the
+        prompt's, both with the photo's latent, combined at the pipeline's guidance (6), which doubles the memory
+        and time of every iteration; the maps are then those of both passes, (2, heads, f, f)."""
         transformer = self.networks.transformer
         dtype = next(transformer.parameters()).dtype
         frames = X_t.shape[1]
         image = torch.cat([x, x.new_zeros(x.shape[0], frames - x.shape[1], *x.shape[2:])], dim=1)  # (1, f, C, h, w)
-        inputs = torch.cat([X_t.to(dtype), image.to(dtype)], dim=2)  # (1, f, 2C, h, w)
-        text = self.prompt_embeds.to(X_t.device, dtype)
-        v, maps = transformer(inputs, text, torch.tensor(t, device=X_t.device), attn_maps=attn_maps,
-                              maps_only=maps_only)
+        guided = self.guidance > 1 and self.prompt_embeds is not self.negative_embeds
+        text = torch.cat([self.negative_embeds, self.prompt_embeds]) if guided else self.prompt_embeds  # (B, L, D)
+        inputs = torch.cat([X_t.to(dtype), image.to(dtype)], dim=2).expand(len(text), -1, -1, -1, -1)  # (B,f,2C,h,w)
+        v, maps = transformer(inputs, text.to(X_t.device, dtype), torch.tensor(t, device=X_t.device),
+                              attn_maps=attn_maps, maps_only=maps_only)
         if maps_only:
             return None, maps
         wide = widened(X_t.dtype)
-        return predicted_x0(X_t.to(wide), v.to(wide), abar_at(self.abar, t).item()), maps
+        v = v.to(wide)
+        if guided:
+            v_u, v_c = v.chunk(2)
+            v = v_u + self.guidance * (v_c - v_u)
+        return predicted_x0(X_t.to(wide), v, abar_at(self.abar, t).item()), maps

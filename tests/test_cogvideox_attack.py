@@ -7,7 +7,7 @@ import torch
 
 from attack import Objective
 from losses import attention_distance
-from pipelines.cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, load_by_name, tiny_cogvideox
+from pipelines.cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, generate_cogvideox, load_by_name, tiny_cogvideox
 
 pytestmark = pytest.mark.filterwarnings("ignore:tiny_cogvideox:UserWarning")
 
@@ -64,6 +64,28 @@ def test_pieces(model):
     # Objective's X_tg, one black frame's latent repeated, is the causal VAE's latent of black frames
     black = model.encode_frames(-torch.ones_like(V))
     torch.testing.assert_close(model.encode_frames(-torch.ones_like(V[:1])).expand_as(black), black)
+
+
+def test_with_a_prompt_g_is_the_sampler_s_guided_prediction():
+    """With a prompt, G is the guided v_u + 6 (v_c - v_u) as X0_hat: what the sampler makes in one DDIM step
+    from t = 999, the last step, whose result is the predicted clean latents. The maps are both passes'."""
+    model = CogVideoXPipeline(tiny_cogvideox(0), token_ids=[5, 6, 7, 1])
+    assert model.prompt_embeds is not model.negative_embeds
+    I = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(7)  # the sampler's generator: first the posterior draw d, then the noise
+    d = model.draw(g, SIZE)
+    noise = torch.randn((5, 4, 4, 4), generator=g)  # (f, C, h, w) = X_999
+    with torch.no_grad():
+        X0_hat, maps = model.G(noise[None], 999, model.E(I, d, SIZE), None, d, model.default_attn_blocks())
+        sampled = generate_cogvideox(model.networks, I[0] * 2 - 1, prompt_embeds=model.prompt_embeds,
+                                     negative_embeds=model.negative_embeds, steps=1, guidance=6.0, num_frames=FRAMES,
+                                     seed=7, noise=noise, return_latents=True)
+    torch.testing.assert_close(X0_hat[0].float(), sampled.float())
+    assert all(m.shape[0] == 2 for m in maps.values())
+    unguided = CogVideoXPipeline(tiny_cogvideox(0), token_ids=[5, 6, 7, 1], guidance=1.0)
+    with torch.no_grad():
+        one_pass, _ = unguided.G(noise[None], 999, unguided.E(I, d, SIZE), None, d)
+    assert (one_pass - X0_hat).abs().max() > 1e-4  # guidance made a difference
 
 
 def test_encoder_gradient_reaches_the_photo(I_src):
