@@ -279,7 +279,7 @@ def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to, which
     worker made them and with how many threads, and the conditions, EOT and recalibration when unused (so
     that reports made before they existed still resume)."""
-    unused = [k for k in ("eot", "pose", "prompt", "recalibrate") if not getattr(args, k)]
+    unused = [k for k in ("eot", "pose", "prompt", "recalibrate", "averaged_maps") if not getattr(args, k)]
     return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", "threads", *unused)}
 
 
@@ -305,8 +305,9 @@ def main(argv=None):
     refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
                    inputs)
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
-    if args.prompt and not text_model:
-        fail(f"--prompt: {args.model} takes no prompt (--model cogvideox does)")
+    for flag in ("prompt", "averaged_maps"):
+        if getattr(args, flag) and not text_model:
+            fail(f"--{flag.replace('_', '-')}: only for a text-conditioned model (--model cogvideox), not {args.model}")
     poses = None
     if args.pose:
         if not pose_conditioned(args.model):
@@ -319,7 +320,8 @@ def main(argv=None):
     args.dtype = args.dtype or default_dtype(device)
     try:
         model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses,
-                              prompt=args.prompt, size=(args.height, args.width), num_frames=args.frames)
+                              prompt=args.prompt, size=(args.height, args.width), num_frames=args.frames,
+                              averaged_maps=args.averaged_maps)
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     except ValueError as e:

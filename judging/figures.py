@@ -37,8 +37,8 @@ def temporal_maps(model, photos, X_t, sigma, d, size, blocks):
 def attention_figure(maps, latent_size):
     """PNG image of the maps from temporal_maps (keys "source" and "guarded"): a row per block with the
     frame-to-frame map averaged over pixels and heads, source then guarded, and where in the frame
-    the maps changed (mean |A_adv - A_src| per latent pixel), or for maps without a pixel axis (a DiT's,
-    (1, heads, F, F)) which of their entries changed."""
+    the maps changed (mean |A_adv - A_src| per latent pixel, or per token position of a DiT), or for maps
+    without a pixel axis (a DiT's averaged over positions, (1, heads, F, F)) which of their entries changed."""
     h, w = latent_size  # of the denoiser's latents
     rows = []
     for block in maps["source"]:
@@ -52,7 +52,8 @@ def attention_figure(maps, latent_size):
             hh, ww = h, w
             while hh * ww > A_src.shape[0]:  # the block's own resolution: the latents halved (rounding up) per level
                 hh, ww = -(-hh // 2), -(-ww // 2)
-            change, where = (A_adv - A_src).abs().mean((1, 2, 3)).reshape(hh, ww).numpy(), "pixel"
+            # (a batch of two, a guided DiT's passes, is averaged)
+            change, where = (A_adv - A_src).abs().mean((1, 2, 3)).reshape(-1, hh, ww).mean(0).numpy(), "pixel"
         else:  # one map per video (a DiT's frame-to-frame shares): which entries changed
             hh = ww = frames
             change, where = (A_adv - A_src).abs().mean((0, 1)).numpy(), "entry"

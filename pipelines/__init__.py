@@ -22,13 +22,15 @@ from pipelines.svd import SVDPipeline, load_model
 from plumbing.cli import pose_conditioned, text_conditioned
 
 
-def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, prompt="", size=None, num_frames=None):
+def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, prompt="", size=None, num_frames=None,
+                  averaged_maps=False):
     """The adversary's pipeline for a --model name, its networks on `device` in `dtype`. A pose-conditioned
     model follows `poses`, a list of pose sequences (F,3,H,W) in [0,1], or else the generic sequences of
     pipelines/poses.py drawn at `size` with `num_frames` frames (default: one sampling window, or the UNet's frames);
-    a text-conditioned one, `prompt`."""
+    a text-conditioned one, `prompt`, and its temporal maps per token position unless averaged_maps."""
     if text_conditioned(name):
-        return cogvideox.CogVideoXPipeline(cogvideox.load_by_name(name, dtype, device), prompt)
+        return cogvideox.CogVideoXPipeline(cogvideox.load_by_name(name, dtype, device), prompt,
+                                           averaged_maps=averaged_maps)
     if not pose_conditioned(name):
         return SVDPipeline(load_model(name, device, dtype, variant))
     networks, pose_encoder = controlnext.load_by_name(name, variant, dtype, device)

@@ -329,7 +329,7 @@ class CogVideoXPipeline:
     and the pipeline keeps only the embeddings. The photo reaches the transformer through one path only, its VAE
     latents x = E(I, d), so embed(I) is None."""
 
-    def __init__(self, networks, prompt="", token_ids=None, guidance=6.0):
+    def __init__(self, networks, prompt="", token_ids=None, guidance=6.0, averaged_maps=False):
         if networks.text_encoder is None:
             raise ValueError("CogVideoXPipeline embeds the prompt once with the text encoder, which is gone")
         length = networks.transformer.config.max_text_seq_length
@@ -341,7 +341,7 @@ class CogVideoXPipeline:
             same = torch.equal(ids, empty)
             self.prompt_embeds = self.negative_embeds if same else prompt_embeddings(networks.text_encoder, ids)
         networks.text_encoder = None
-        self.networks, self.guidance = networks, guidance
+        self.networks, self.guidance, self.averaged_maps = networks, guidance, averaged_maps
         s = networks.schedule
         self.abar = alphas_cumprod(s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["snr_shift_scale"],
                                    s["rescale_betas_zero_snr"])  # float64 (T,)
@@ -455,17 +455,19 @@ class CogVideoXPipeline:
         return None
 
     def G(self, X_t, t, x, c, d, attn_maps=(), maps_only=False):
-        """(X0_hat (1,f,16,h,w), {block: frame-to-frame attention maps (1, heads, f, f)}) = G(X_t, t, x): the
+        """(X0_hat (1,f,16,h,w), {block: frame-to-frame attention maps (P, heads, f, f)}) = G(X_t, t, x): the
         transformer's v-prediction turned into the predicted clean latents, X0_hat = sqrt(abar_t) X_t -
         sqrt(1 - abar_t) v. The image latent x is padded with zero frames to f frames and concatenated on the
         channels after X_t, as the pipeline does; c (None) is unused: the text is the prompt's fixed embedding.
-        With maps_only it stops after the maps and returns (None, maps).
+        With maps_only it stops after the maps and returns (None, maps). The maps are per position P of a latent
+        frame's tokens, as SVD's are per latent pixel (model/cogvideox/frame_attention.py); with averaged_maps,
+        their mean over the positions, (1, heads, f, f).
 
         The denoiser the adversary runs, guidance included. In the image-only setting the guidance halves are the
         same network call (both prompts empty, both with the image latent), so v_u + g (v_c - v_u) = v_c exactly
         and one pass is G. With a prompt, G is the sampler's guided prediction: the empty prompt's pass and the
         prompt's, both with the photo's latent, combined at the pipeline's guidance (6), which doubles the memory
-        and time of every iteration; the maps are then those of both passes, (2, heads, f, f)."""
+        and time of every iteration; the maps are then those of both passes, (2P, heads, f, f)."""
         transformer = self.networks.transformer
         dtype = next(transformer.parameters()).dtype
         frames = X_t.shape[1]
@@ -475,6 +477,8 @@ class CogVideoXPipeline:
         inputs = torch.cat([X_t.to(dtype), image.to(dtype)], dim=2).expand(len(text), -1, -1, -1, -1)  # (B,f,2C,h,w)
         v, maps = transformer(inputs, text.to(X_t.device, dtype), torch.tensor(t, device=X_t.device),
                               attn_maps=attn_maps, maps_only=maps_only)
+        if self.averaged_maps:  # (B*P, heads, f, f) -> (B, heads, f, f)
+            maps = {name: A.unflatten(0, (len(text), -1)).mean(1) for name, A in maps.items()}
         if maps_only:
             return None, maps
         wide = widened(X_t.dtype)

@@ -76,6 +76,9 @@ def attack_flags(description):
                    help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
                         "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one "
                         "drawn per iteration (expectation over conditions)")
+    p.add_argument("--averaged-maps", action="store_true",
+                   help="text-conditioned models (--model cogvideox): attack each block's temporal map averaged over "
+                        "the token positions of a frame (one F x F map per head), not one map per position")
     p.add_argument("--prompt", default="", help="text-conditioned models (--model cogvideox): the adversary's prompt; "
                    "default: none, the paper's image-only setting")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,

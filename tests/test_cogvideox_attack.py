@@ -81,7 +81,7 @@ def test_with_a_prompt_g_is_the_sampler_s_guided_prediction():
                                      negative_embeds=model.negative_embeds, steps=1, guidance=6.0, num_frames=FRAMES,
                                      seed=7, noise=noise, return_latents=True)
     torch.testing.assert_close(X0_hat[0].float(), sampled.float())
-    assert all(m.shape[0] == 2 for m in maps.values())
+    assert all(m.shape == (2 * 4, 2, 5, 5) for m in maps.values())  # both passes x 2x2 token positions
     unguided = CogVideoXPipeline(tiny_cogvideox(0), token_ids=[5, 6, 7, 1], guidance=1.0)
     with torch.no_grad():
         one_pass, _ = unguided.G(noise[None], 999, unguided.E(I, d, SIZE), None, d)
@@ -139,7 +139,8 @@ def test_attack_command_defaults_and_prompt_refusals(tmp_path, capsys):
     assert report["settings"]["eps"] == 16 / 255 and report["linf_8bit_levels"] == 16
     assert "prompt" not in report["settings"]
     capsys.readouterr()
-    for model, prompt, message in (("tiny", "a cat", "takes no prompt"), ("tiny-cogvideox", "a cat", "no tokenizer")):
+    for model, prompt, message in (("tiny", "a cat", "only for a text-conditioned model"),
+                                   ("tiny-cogvideox", "a cat", "no tokenizer")):
         with pytest.raises(SystemExit) as e:
             attack.main(["--image", str(photo), "--out", str(tmp_path / "q.png"), "--model", model, "--prompt", prompt])
         err = capsys.readouterr().err.strip().splitlines()

@@ -19,36 +19,43 @@ from test_cogvideox_transformer import TINY, pipeline_rope, randomize_
 TOL = 1e-6
 
 
-def materialised_map(q, k, text_len, frames):
-    """The definition, written out: the full probabilities (B, heads, N, N) in float64, then per frame pair
-    the sum over keys and the mean over queries; also the share each frame's queries give to the text."""
+def materialised_map(q, k, text_len, frames, per_position=True):
+    """The definition, written out: the full probabilities (B, heads, N, N) in float64, then per video query the
+    sum over each frame's keys, as (B*P, heads, F, F) per position or, averaged over the positions, (B, heads,
+    F, F); also the share the same queries give to the text, (B*P, heads, F) or (B, heads, F)."""
     probs = (q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
     video = probs[:, :, text_len:]  # (B, heads, F*P, N)
-    per_frame = video[..., text_len:].unflatten(-1, (frames, -1)).sum(-1)  # (B, heads, F*P, F)
-    A = per_frame.unflatten(2, (frames, -1)).mean(3)  # (B, heads, F, F)
-    text_share = video[..., :text_len].sum(-1).unflatten(2, (frames, -1)).mean(3)  # (B, heads, F)
-    return A, text_share
+    per_frame = video[..., text_len:].unflatten(-1, (frames, -1)).sum(-1).unflatten(2, (frames, -1))  # (B,h,F,P,F)
+    text_share = video[..., :text_len].sum(-1).unflatten(2, (frames, -1))  # (B, heads, F, P)
+    if not per_position:
+        return per_frame.mean(3), text_share.mean(3)
+    return per_frame.permute(0, 3, 1, 2, 4).flatten(0, 1), text_share.permute(0, 3, 1, 2).flatten(0, 1)
 
 
 # ---------------------------------------------------------------- (a) chunked = materialised, values and gradients
+@pytest.mark.parametrize("per_position", [True, False])
 @pytest.mark.parametrize("chunk", [1, 5, 7, 8, 24, 1000])  # video queries 24: 8, 24 divide it, 5, 7 do not
-def test_chunked_equals_materialised(chunk):
+def test_chunked_equals_materialised(chunk, per_position):
     b, heads, text_len, frames, per_frame, d = 2, 3, 5, 4, 6, 8
     n = text_len + frames * per_frame
     q = (2 * torch.randn(b, heads, n, d, dtype=torch.float64)).requires_grad_()
     k = (2 * torch.randn(b, heads, n, d, dtype=torch.float64)).requires_grad_()
-    W = torch.randn(b, heads, frames, frames, dtype=torch.float64)  # a random linear functional of the map
+    shape = (b * per_frame if per_position else b, heads, frames, frames)
+    W = torch.randn(shape, dtype=torch.float64)  # a random linear functional of the map
 
-    A = frame_attention_map(q, k, text_len, frames, chunk=chunk)
+    A = frame_attention_map(q, k, text_len, frames, chunk=chunk, per_position=per_position)
     grads = torch.autograd.grad((W * A).sum(), (q, k))
-    A_ref, text_share = materialised_map(q, k, text_len, frames)
+    A_ref, text_share = materialised_map(q, k, text_len, frames, per_position)
     grads_ref = torch.autograd.grad((W * A_ref).sum(), (q, k))
 
-    assert A.shape == (b, heads, frames, frames) and A.dtype == torch.float64
+    assert A.shape == shape and A.dtype == torch.float64
     diffs = [(A - A_ref).abs().max().item()] + [(g - r).abs().max().item() for g, r in zip(grads, grads_ref)]
     print(f"\n[parity] chunk {chunk}: map {diffs[0]:.1e}, dq {diffs[1]:.1e}, dk {diffs[2]:.1e}")
     assert max(diffs) <= TOL
     assert torch.allclose(A.sum(-1), 1 - text_share, atol=TOL, rtol=0)
+    if per_position:  # the averaged map is the per-position maps' mean
+        torch.testing.assert_close(A.unflatten(0, (b, per_frame)).mean(1),
+                                   frame_attention_map(q, k, text_len, frames, chunk, per_position=False))
 
 
 def test_float32_logits_for_low_precision_inputs():
@@ -115,7 +122,7 @@ def test_transformer_maps_equal_diffusers_attention():
         A = maps[name]
         diff = (A - A_ref).abs().max().item()
         print(f"\n[parity] {name}: map vs diffusers' q, k materialised {diff:.1e}")
-        assert A.shape == (2, heads, frames, frames) and diff <= TOL
+        assert A.shape == (2 * (height // 2) * (width // 2), heads, frames, frames) and diff <= TOL
         assert (frame_attention_map(q, k, text_len, frames, chunk=13) - A_ref).abs().max() <= 1e-12
         assert A.min() >= 0 and A.max() <= 1
         assert (A.sum(-1) - (1 - text_share)).abs().max() <= TOL
@@ -167,7 +174,8 @@ def test_full_map_never_materialised():
           f"{saved:.0f} elements per (batch, head); {backward_ops} ops in backward")
     assert backward_ops > 0  # the tracker saw the backward pass (and so the chunks' recomputation)
     assert largest <= chunk * n  # never N x N, forward or backward: at most one chunk's logits
-    assert saved <= 2 * n * d  # only q and k: the chunks' probabilities are recomputed, not stored
+    # only q and k, and the map the loss keeps: the chunks' probabilities are recomputed, not stored
+    assert saved <= 2 * n * d + frames * per_frame * frames
 
     # the tracker does catch a materialised softmax, and a loop of chunks that stores its probabilities
     largest, _, _ = measure(lambda q, k: materialised_map(q, k, text_len, frames)[0], q, k)
@@ -179,9 +187,8 @@ def test_full_map_never_materialised():
 def no_checkpoint_map(q, k, text_len, frames, chunk):
     """The chunked map without the checkpoints (a negative control for the saved-tensor accounting)."""
     qv = q[:, :, text_len:] * q.shape[-1] ** -0.5
-    total = sum(chunk_frame_attention(qv[:, :, i:i + chunk], k, text_len, frames, i)
-                for i in range(0, qv.shape[2], chunk))
-    return total / (qv.shape[2] // frames)
+    rows = [chunk_frame_attention(qv[:, :, i:i + chunk], k, text_len, frames) for i in range(0, qv.shape[2], chunk)]
+    return torch.cat(rows, dim=2)
 
 
 # ---------------------------------------------------------------- (d) maps_only

@@ -209,7 +209,7 @@ class JointAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v)
 
     def forward(self, x, text_len, rope=None, frames=None):
-        """x (B, L, dim) -> (out (B, L, dim), A): A the temporal map (B, heads, F, F) of the video's `frames`
+        """x (B, L, dim) -> (out (B, L, dim), A): A the temporal map (B*P, heads, F, F) of the video's `frames`
         latent frames (frame_attention.py) from the q, k of this attention, or None when frames is None."""
         q, k, v = (rearrange(proj(x), "b l (h d) -> b h l d", h=self.heads)
                    for proj in (self.to_q, self.to_k, self.to_v))
@@ -292,7 +292,7 @@ class CogVideoXTransformer(nn.Module):
         timestep (B,) or a scalar -> (sample (B,F,out_channels,H,W), maps).
 
         With use_rotary_positional_embeddings and image_rotary_emb None, the RoPE (cos, sin) is computed here
-        from the sizes, as the pipeline would. `maps` is {name: A (B, heads, F, F)} for the blocks named in
+        from the sizes, as the pipeline would. `maps` is {name: A (B*P, heads, F, F)} for the blocks named in
         attn_maps ("transformer_blocks.{i}.attn1"), A the frame-to-frame share of the joint attention
         (frame_attention.py); with maps_only the pass stops after the last of them and returns (None, maps).
         With `self.checkpointing` set, each block is checkpointed."""
