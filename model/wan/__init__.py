@@ -1,0 +1,5 @@
+"""Wan2.2-TI2V-5B networks (a DiT over video tokens with umT5 text, and the Wan2.2 VAE), written to load the
+official diffusers-layout safetensors as they are."""
+from .transformer import WanTransformer, WanTransformerConfig
+
+__all__ = ["WanTransformer", "WanTransformerConfig"]
