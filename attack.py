@@ -21,11 +21,13 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from judging.figures import preview
 from judging.metrics import held_out_seeds, psnr, ssim, video_distance
-from judging.transforms import differentiable, draw_eot
+from judging.purifiers import VAERoundTrip
+from judging.transforms import differentiable, draw_eot, needs_vae
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, mean_sq, total_loss
 from pipelines import load_pipeline
 from pipelines.poses import read_poses
@@ -40,6 +42,7 @@ from plumbing.shard import join
 from weights import WeightsError
 
 TERMS = ("img", "enc", "con", "att")
+UPSAMPLE = "bilinear"  # how a perturbation on the working grid reaches a larger photo (protect's perturb_at)
 # The term weights are calibrated on this many fixed draws, one per stratum of the sampling schedule, from
 # a seed of their own: independent of --seed (whose default is 0) and of the videos that judge the result.
 CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0xCA1B
@@ -57,6 +60,8 @@ class Objective:
                  eot=(), progress=False, V_0=None):
         self.model, self.terms, self.size, self.tau1, self.tau2, self.eot = model, terms, size, tau1, tau2, eot
         self.attn_blocks, self.I_src = attn_blocks, I_src
+        # EOT's vae link runs the adversary's own VAE at the model's resolution
+        self.vae = VAERoundTrip(model.networks.vae, size) if needs_vae(eot) else None
         # The adversary's sampler visits these noise levels; each iteration attacks one of them.
         self.sigmas = model.noise_levels(sample_steps)
         self.X_0 = self.X_tg = None  # needed by L_con and L_att only
@@ -93,7 +98,8 @@ class Objective:
         # EOT: the adversary receives T(I_adv); A_src comes from T(I_src), so T's own effect is not the attack's
         I_ref = self.I_src
         if T is not None and T[0] is not None:
-            I_adv, I_ref = (differentiable(T[0], I, torch.Generator().manual_seed(T[1])) for I in (I_adv, I_ref))
+            I_adv, I_ref = (differentiable(T[0], I, torch.Generator().manual_seed(T[1]), self.vae)
+                            for I in (I_adv, I_ref))
 
         # Encode attacked image x_adv = E(I_adv); every reference is encoded with the same draw d, so
         # that each distance is exactly zero where I_adv equals its reference.
@@ -149,7 +155,8 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 
 def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
-            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), recalibrate=0, progress=False):
+            size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), recalibrate=0, perturb_at="model",
+            progress=False):
     """Algorithm 1 against `model` (pipelines/__init__.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
     (3,H0,W0) in [0,1], per-step log).
 
@@ -161,6 +168,12 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     step: which term drove the attack. `eot` names the kinds of transformation
     (transforms.EOT_KINDS) of which one, or none, is drawn per iteration and applied to I_adv before
     the adversary's pipeline (expectation over transformations); the calibration draws them too.
+
+    Where the perturbation lives (`perturb_at`): "photo", at the photo's own pixels, as Algorithm 1 has it;
+    "model" (the default), on the working grid of min(photo, model input) pixels per side, upsampled to the
+    photo (a convex combination: within the budget at every pixel). For a photo no larger than the model's
+    input the two are the same attack. For a larger one, the pipeline's downscale averages per-pixel steps
+    away; steps taken on the grid it shrinks to survive it (docs/full-size.md).
     """
     attn_blocks = attn_blocks or model.default_attn_blocks()
     unknown = set(attn_blocks) - set(model.attention_names)
@@ -170,32 +183,45 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     generator = torch.Generator().manual_seed(seed)
     I_src = I_src[None].float()  # (1, 3, H0, W0)
     m = torch.ones_like(I_src[:, :1]) if mask is None else mask.to(I_src)[None, None]  # (1, 1, H0, W0)
+    photo = tuple(I_src.shape[-2:])
+    grid = (min(photo[0], size[0]), min(photo[1], size[1])) if perturb_at == "model" else photo
+    if method == "random-sign":  # uniform-sign noise at the photo's own pixels
+        noise = (torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m
+        return (I_src + eps * noise.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
     # Random start inside the budget: at I_adv = I_src, A_adv = A_src, where ||A_adv - A_src||^2 has zero gradient.
-    delta = ((torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m)
-    if method == "random-sign":
-        return (I_src + eps * delta.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
+    delta = (torch.rand((1, 3, *grid), generator=generator) * 2 - 1).to(I_src) * eps  # (1, 3, *grid)
+
+    def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid, zero outside the mask
+        return (delta if grid == photo else F.interpolate(delta, size=photo, mode=UPSAMPLE)) * m
 
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
                           eot=tuple(eot), progress=progress)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
-    weights, calibration = calibrate(objective, (I_src + delta).clamp(0, 1), factors)
+    weights, calibration = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors)
     log, balance = [], []
     bar = tqdm(range(steps), desc="protecting", disable=not progress)
     for k in bar:
         if recalibrate and k and k % recalibrate == 0 or k == steps - 1:  # the terms' balance, then new weights
-            new_weights, record = calibrate(objective, (I_src + delta).clamp(0, 1), factors)
+            new_weights, record = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors)
             balance.append(shares(k, weights, record["mean_abs_grad"]))
             weights = new_weights if recalibrate and k % recalibrate == 0 else weights
-        I_adv = (I_src + delta).clamp(0, 1).requires_grad_()
+        delta = delta.detach().requires_grad_()
+        on_photo = (I_src + applied(delta)).clamp(0, 1)
+        I_adv = on_photo.detach().requires_grad_()
         values = objective(I_adv, objective.draw(generator))
         # Compute the final loss L (Eq. 4)
         L = total_loss(values, weights)
         grad, = torch.autograd.grad(L, I_adv)
+        if grid != photo:  # back through the upsampling to the grid
+            grad, = torch.autograd.grad(on_photo, delta, grad)
         # Update I_adv <- I_adv - lambda * grad L (or its sign), then project onto the eps-ball and [0, 1]
         with torch.no_grad():
             step = grad.sign() if update == "sign" else grad
-            delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
+            if grid == photo:
+                delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
+            else:  # the same step on the grid, projected onto its eps-ball ([0, 1] is kept by I_adv's clamp)
+                delta = (delta - step_size * step).clamp(-eps, eps)
         check_finite(len(log), values | {"total": L, "gradient": grad, "I_adv": delta})
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()}
                    | ({"hinge_active": objective.con_distance.item() < tau1} if "con" in values else {}))
@@ -203,8 +229,9 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
         moved = {name: f"{log[-1][name] / (log[0][name] or 1):.3g}x" for name in ("enc", "con") if name in values}
         bar.set_postfix(moved | ({"dA": f"{tau2 - log[-1]['att']:.2e}"} if "att" in values else {}))
     hinge = [s["hinge_active"] for s in log if "hinge_active" in s]
-    return (I_src + delta)[0], {"weights": weights, "calibration": calibration, "balance": balance,
-                                "con_hinge_active_share": sum(hinge) / len(hinge) if hinge else None, "steps": log}
+    I_adv = (I_src + applied(delta)).clamp(0, 1)[0]
+    return I_adv, {"weights": weights, "calibration": calibration, "balance": balance,
+                   "con_hinge_active_share": sum(hinge) / len(hinge) if hinge else None, "steps": log}
 
 
 def shares(step, weights, mean_abs_grad):
@@ -244,7 +271,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                              beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
                              size=(args.height, args.width), attn_blocks=args.attn_blocks,
                              sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
-                             recalibrate=args.recalibrate, progress=True)
+                             recalibrate=args.recalibrate, perturb_at=args.perturb_at, progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255

@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from judging.transforms import parse, parse_eot
+from judging.transforms import PURIFY, parse_eot, parse_list
 from plumbing.cli import MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, integer, number, variant
 from plumbing.shard import parse_shard
 from weights import DEFAULT_MODEL
@@ -23,12 +23,9 @@ def eot_kinds(text):
 
 def transform_list(text):
     try:
-        specs = [parse(t) for t in text.split(",") if t.strip()]
+        return parse_list(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if not specs:
-        raise argparse.ArgumentTypeError("no transformation given")
-    return list(dict.fromkeys(specs))
 
 
 def seed_list(text):
@@ -62,6 +59,11 @@ def attack_flags(description):
     p.add_argument("--alpha", type=number, default=1.0, help="weight of L_enc, relative to its calibrated gradient")
     p.add_argument("--beta", type=number, default=1.0, help="weight of L_con, relative to its calibrated gradient")
     p.add_argument("--gamma", type=number, default=1.0, help="weight of L_att, relative to its calibrated gradient")
+    p.add_argument("--perturb-at", choices=["model", "photo"], default="model",
+                   help="where the perturbation's steps are taken for a photo larger than the model's input: on a "
+                        "grid of the model's input size, upsampled to the photo, so that the pipeline's downscale "
+                        "keeps it; or at the photo's own pixels, as the paper's Algorithm 1 (the same attack for "
+                        "photos no larger than the model's input)")
     p.add_argument("--recalibrate", type=integer(0), default=0, metavar="K",
                    help="calibrate the weights again every K steps, so that the terms stay on a similar scale "
                         "(0: once, at the start, as the paper does); the report's balance shows each term's share")
@@ -69,9 +71,12 @@ def attack_flags(description):
                    "the report's con_hinge_active_share says how often it was not yet reached)")
     p.add_argument("--tau2", type=number, default=0.5, help="offset of L_att (does not change the gradient)")
     p.add_argument("--eot", type=eot_kinds, metavar="KINDS",
-                   help="expectation over transformations: comma-separated kinds from jpeg,resize,blur,noise; "
-                        "each iteration attacks the photo after one of them (or none), drawn at random "
-                        "(judging/transforms.py), so that the protection survives them")
+                   help="expectation over transformations: comma-separated, each a kind whose strength is drawn "
+                        "(jpeg,resize,blur,noise,crop,long,denoise), vae (the model's own VAE round trip), a "
+                        "transformation with its value (jpeg75) or a chain of these (noise+vae, long1080+jpeg); "
+                        "'purify' names the --transforms purify set; each iteration attacks the photo after one of "
+                        "them (or none), drawn at random (judging/transforms.py), so that the protection survives "
+                        "them")
     p.add_argument("--pose", metavar="POSES",
                    help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
                         "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one "
@@ -175,8 +180,11 @@ def evaluate_flags(description, methods, default_methods):
     p.add_argument("--transforms", type=transform_list, metavar="LIST",
                    help="also make each photo's videos after these transformations and report how much "
                         "protection survives, e.g. jpeg95,jpeg75,jpeg50,resize0.5,down0.5,blur1,noise0.02 "
-                        "(jpeg<quality>, resize<factor> down and back up, down<factor>, blur<sigma px>, "
-                        "noise<sigma>)")
+                        "(jpeg<quality>, resize<factor> down and back up, down<factor>, long<px> the long side "
+                        "down to px, crop<fraction> of each side kept, blur<sigma px>, noise<sigma>, "
+                        "denoise<sigma> a bilateral filter, vae the model's own VAE round trip), chains of them "
+                        "applied left to right (noise0.05+vae, long1080+jpeg85), or 'purify': "
+                        + ",".join(PURIFY))
     p.add_argument("--model", default=DEFAULT_MODEL, help="SVD img2vid only (ControlNeXt and CogVideoX are not "
                    "evaluated here yet): hub repo id, local folder, 'toy' (a small SVD trained on a CPU, scored "
                    "without judges) or 'tiny' (untrained random networks, with random judges too: the numbers mean "

@@ -23,6 +23,7 @@ from pipelines.cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, tiny_cogvid
 from pipelines.controlnext import ControlNeXtPipeline, tiny_controlnext
 from pipelines.poses import generic_poses
 from pipelines.svd import SVDPipeline
+from plumbing.photos import model_input
 from weights import tiny_svd
 
 SIZE, FRAMES, SAMPLE_STEPS = (64, 64), 4, 4
@@ -125,6 +126,35 @@ def test_balance_recalibration_and_the_hinge_are_recorded(I_src):
         assert set(b) == {"step", "enc", "con", "att"} and abs(sum(b[t] for t in ("enc", "con", "att")) - 1) < 1e-9
     assert every["weights"] != once["weights"]
     assert run(tau1=0.0)[1]["con_hinge_active_share"] == 0 and run(tau1=1e9)[1]["con_hinge_active_share"] == 1
+
+
+def test_a_large_photo_keeps_its_budget_and_more_of_the_perturbation_reaches_the_model():
+    """A photo 4x the model's input: every pixel within eps (outside the mask untouched), and the perturbation
+    the pipeline's downscale lets through is larger with steps on the model's grid than at the photo's pixels
+    (the paper's Algorithm 1, where the downscale averages per-pixel steps away)."""
+    model = tiny_case("svd").model
+    g = torch.Generator().manual_seed(5)
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(256, 256), mode="bilinear")[0]
+    mask = torch.ones(256, 256)
+    mask[:, :40] = 0
+    eps, through = 8 / 255, {}
+    for at in ("model", "photo"):
+        I_adv, _ = protect(model, photo, steps=4, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS, eps=eps,
+                           mask=mask, perturb_at=at)
+        assert (I_adv - photo).abs().max() <= eps + 1e-6 and torch.equal(I_adv[:, :, :40], photo[:, :, :40])
+        assert I_adv.min() >= 0 and I_adv.max() <= 1
+        seen = [model_input((x * 255).round().to(torch.uint8), SIZE) for x in (I_adv, photo)]  # as the pipeline
+        through[at] = (seen[0] - seen[1]).norm().item()
+    print(f"\n[full size] perturbation at the model's input, L2: grid {through['model']:.3f}, "
+          f"photo pixels {through['photo']:.3f}")
+    assert through["model"] > 1.25 * through["photo"]  # measured: 2.48 against 1.65 after 4 steps
+
+
+def test_a_photo_at_the_model_size_is_attacked_as_the_paper_does(I_src):
+    """perturb_at only changes photos larger than the model's input: at its size both give the same bits."""
+    model, photo = tiny_case("svd").model, I_src[:, :SIZE[0], :SIZE[1]]
+    run = functools.partial(protect, model, photo, steps=3, size=SIZE, num_frames=FRAMES, sample_steps=SAMPLE_STEPS)
+    assert torch.equal(run(perturb_at="model")[0], run(perturb_at="photo")[0])
 
 
 def test_temporal_loss_has_a_gradient(case, I_src):
