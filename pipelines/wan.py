@@ -1,0 +1,427 @@
+"""Wan2.2-TI2V-5B (Wan Team 2025, "Wan: Open and Advanced Large-Scale Video Generative Models", arXiv 2503.20314): a
+photo and a prompt -> 4k + 1 frames (81 at 480x832 by default; native 121 at 704x1280).
+
+    model = load_wan()                                                # Wan-AI/Wan2.2-TI2V-5B-Diffusers, bfloat16
+    with torch.no_grad():
+        text = prompt_embeddings(model.text_encoder, *prompt_ids(""))  # the paper's image-only setting
+    model.text_encoder = None                                         # 11.4 GB freed: umT5 is needed once per prompt
+    frames = generate_wan(model, image, prompt_embeds=text, negative_embeds=text, seed=0)
+
+The release is in the diffusers layout; every key and shape is checked, any problem is a one-line WeightsError:
+
+    transformer/config.json    transformer/diffusion_pytorch_model.safetensors.index.json + its shards
+    vae/config.json            vae/diffusion_pytorch_model.safetensors
+    text_encoder/config.json   text_encoder/model.safetensors.index.json + its shards
+    scheduler/scheduler_config.json
+
+Image to video (diffusers' WanImageToVideoPipeline with expand_timesteps, as the release runs it): there is no
+channel concatenation and no CLIP image. The photo's VAE latent (its posterior mean, normalised per channel) REPLACES
+frame 0 of the noisy latents before every network call, and the tokens of frame 0 get timestep 0 (clean) while the
+others get the step's; the sampled latents' frame 0 is replaced again before decoding. The sampler is UniPC with flow
+prediction and shift 5 (model/wan/scheduler.py), or Euler.
+
+For the attack, WanPipeline gives the pieces of Algorithm 1 that attack.py works through (svd.py names them):
+
+    pipeline = WanPipeline(load_by_name("wan"))   # embeds the prompt once, then frees umT5
+    I_adv, log = attack.protect(pipeline, photo, size=(480, 832), num_frames=49)
+
+tiny_wan() (--model tiny-wan) is the same structure with tiny RANDOM networks, for tests only. Prompts: the empty
+prompt needs no tokenizer; another is given as umT5 token ids (the release's tokenizer files are not read here).
+"""
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from tqdm import tqdm
+
+from model.t5 import TIED_KEYS
+from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanTransformerConfig, WanVAE, WanVAEConfig
+from model.wan.scheduler import flow_sigmas, noised, predicted_x0, sample_euler, sample_unipc
+from pipelines.svd import seeded_generator, to_model_input
+from plumbing.photos import model_input
+from weights import WeightsError, fetch, load_checked, read_config, shard_files
+
+DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+TINY = "tiny-wan"  # the --model name of tiny_wan's random networks
+TEXT_LENGTH = 512  # the pipeline pads (and truncates) every prompt to this many umT5 tokens
+EOS, PAD = 1, 0  # umT5's </s> and <pad> token ids
+RELEASE_SCHEDULE = {"num_train_timesteps": 1000, "flow_shift": 5.0}  # what the samplers take from the config
+# scheduler_config.json values the UniPC sampler is written for; any other is refused instead of sampled wrongly
+SCHEDULE_FIXED = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "solver_order": 2,
+                  "solver_type": "bh2", "predict_x0": True, "lower_order_final": True, "final_sigmas_type": "zero",
+                  "disable_corrector": [], "thresholding": False, "use_dynamic_shifting": False,
+                  "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+                  "shift_terminal": None, "solver_p": None}
+
+
+@dataclass
+class Wan:
+    """The three networks of Wan2.2-TI2V-5B, each keeping its config as `.config`; text_encoder may be set to None
+    once the prompt embeddings are made. schedule: flow_shift and num_train_timesteps."""
+    transformer: WanTransformer
+    vae: WanVAE
+    text_encoder: UMT5Encoder | None
+    source: str  # hub repo id, local directory, or TINY
+    schedule: dict = field(default_factory=lambda: dict(RELEASE_SCHEDULE))
+
+    @property
+    def untrained(self):
+        return self.source == TINY
+
+
+# ---------------------------------------------------------------- weights
+def network_on_meta(source, folder, network, config_class, class_name):
+    """A network built on the meta device from `folder`/config.json."""
+    path, d = read_config(source, f"{folder}/config.json", (class_name,), "Wan's")
+    try:
+        with torch.device("meta"):
+            return network(config_class.from_json_dict(d))
+    except (ValueError, TypeError, ZeroDivisionError, IndexError, RuntimeError) as e:
+        raise WeightsError(f"{path}: no {network.__name__} can be built from it ({e})") from None
+
+
+def read_schedule(source):
+    """flow_shift and num_train_timesteps of scheduler/scheduler_config.json (UniPCMultistepScheduler), the keys of
+    SCHEDULE_FIXED checked, each value's type and range too."""
+    path, d = read_config(source, "scheduler/scheduler_config.json", ("UniPCMultistepScheduler",), "Wan's")
+    for key, value in SCHEDULE_FIXED.items():
+        if d.get(key, value) != value:
+            raise WeightsError(f"{path}: {key} = {d[key]!r}, the sampler is written for {value!r} only")
+    shift, T = d.get("flow_shift", 5.0), d.get("num_train_timesteps", 1000)
+    if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= 100_000:
+        raise WeightsError(f"{path}: num_train_timesteps = {T!r} is not an integer from 1 to 100000")
+    if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 < shift < 1e6:
+        raise WeightsError(f"{path}: flow_shift = {shift!r} is not a positive number")
+    return {"num_train_timesteps": T, "flow_shift": float(shift)}
+
+
+def load_text_encoder(source, dtype, device):
+    """The umT5 encoder from text_encoder/; its token embedding, one tensor under two names, loaded from
+    `shared.weight` (as load_cogvideox's T5)."""
+    t5 = network_on_meta(source, "text_encoder", UMT5Encoder, UMT5Config, "UMT5EncoderModel")
+    del t5.encoder.embed_tokens  # = t5.shared: its weight has one name while loading
+    load_checked(t5, shard_files(source, "text_encoder/model.safetensors.index.json"), dtype, device,
+                 ignored=tuple(TIED_KEYS))
+    t5.encoder.embed_tokens = t5.shared
+    return t5
+
+
+def load_wan(source=DEFAULT_MODEL, dtype=torch.bfloat16, device="cpu"):
+    """Wan2.2-TI2V-5B from a hub repo id or a local folder in the layout above, in `dtype` on `device`, one tensor at
+    a time: 5.00B transformer, 0.70B VAE, 5.68B umT5 parameters."""
+    source = str(source)
+    transformer = network_on_meta(source, "transformer", WanTransformer, WanTransformerConfig,
+                                  "WanTransformer3DModel")
+    vae = network_on_meta(source, "vae", WanVAE, WanVAEConfig, "AutoencoderKLWan")
+    if vae.config.latents_mean is None or vae.config.latents_std is None:
+        raise WeightsError(f"{source}/vae/config.json: latents_mean and latents_std are needed")
+    schedule = read_schedule(source)
+    transformer = load_checked(
+        transformer, shard_files(source, "transformer/diffusion_pytorch_model.safetensors.index.json"), dtype, device)
+    vae = load_checked(vae, fetch(source, "vae/diffusion_pytorch_model.safetensors"), dtype, device)
+    return Wan(transformer, vae, load_text_encoder(source, dtype, device), source, schedule)
+
+
+# The tiny networks: the release's structure (the Wan2.2 VAE's four levels and residual shortcuts, the DiT with
+# per-token timesteps) at widths of a few channels, for 64x64 photos (4x4 latents, 2x2 tokens a frame) and 17 frames
+# (5 latent frames).
+TINY_TRANSFORMER = WanTransformerConfig(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+                                        text_dim=16, freq_dim=8, ffn_dim=40, num_layers=4, rope_max_seq_len=64)
+TINY_VAE = WanVAEConfig(base_dim=8, decoder_base_dim=12, dim_mult=(1, 2, 2, 2), num_res_blocks=1, z_dim=4,
+                        latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.5, 2.0, 1.0))
+TINY_UMT5 = UMT5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=37, num_layers=2, num_heads=2)
+TINY_FRAMES = 17
+
+
+def tiny_wan(seed=0, dtype=torch.float32, device="cpu"):
+    """Small seeded RANDOM networks with Wan2.2-TI2V-5B's structure (TINY_*), as load_wan returns them, for tests and
+    teaching. UNTRAINED: their videos are noise and protecting against them protects nothing."""
+    warnings.warn("tiny_wan: random untrained networks; their videos mean nothing and protection with them protects "
+                  "nothing", stacklevel=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nets = WanTransformer(TINY_TRANSFORMER), WanVAE(TINY_VAE), UMT5Encoder(TINY_UMT5)
+    transformer, vae, t5 = (m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in nets)
+    return Wan(transformer, vae, t5, TINY)
+
+
+def load_by_name(name, dtype=torch.bfloat16, device="cpu"):
+    """The networks for a --model name: "tiny-wan" (random, said loudly on stderr), "wan" (the release from the hub),
+    or load_wan's hub repo id or folder."""
+    if name != TINY:
+        return load_wan(DEFAULT_MODEL if name == "wan" else name, dtype, device)
+    print("WARNING: --model tiny-wan is UNTRAINED, with random weights: its videos are noise, for smoke tests only.",
+          file=sys.stderr)
+    with warnings.catch_warnings():  # tiny_wan's own warning, said louder above
+        warnings.simplefilter("ignore")
+        return tiny_wan(0, dtype, device)
+
+
+# ---------------------------------------------------------------- prompt
+def prompt_ids(prompt, length=TEXT_LENGTH, token_ids=None):
+    """(ids (1, length), mask (1, length)) as the pipeline feeds umT5: the tokens, </s>, then <pad> (0) up to
+    `length`, the mask 1 on the tokens and </s>. The empty prompt (the paper's image-only setting, and the pipeline's
+    negative prompt) is [</s>] and needs no tokenizer; any other prompt needs token_ids, its tokenizer's output
+    with </s>."""
+    if token_ids is None:
+        if prompt != "":
+            raise ValueError("a prompt other than the empty one needs its token ids")
+        token_ids = [EOS]
+    token_ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()[:length]
+    n = len(token_ids)
+    ids = torch.cat([token_ids, token_ids.new_full((length - n,), PAD)])[None]
+    return ids, (torch.arange(length) < n).long()[None]
+
+
+def prompt_embeddings(text_encoder, token_ids, mask):
+    """The prompt embeddings (B, L, 4096) of token ids and mask (B, L), in the encoder's dtype: its last hidden state
+    run WITH the mask, zero past the prompt's tokens, as the pipeline makes them. Call it under torch.no_grad()."""
+    device = next(text_encoder.parameters()).device
+    mask = mask.to(device)
+    out = text_encoder(token_ids.to(device), mask)
+    return out.masked_fill(~mask.bool()[..., None], 0)
+
+
+# ---------------------------------------------------------------- sampling
+def latent_statistics(vae, like):
+    """(mean, std) (1, z, 1, 1, 1) of the release's per-channel latent normalisation, like `like`."""
+    cfg = vae.config
+    mean, std = (torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)
+                 for v in (cfg.latents_mean, cfg.latents_std))
+    return mean, std
+
+
+def encode_latents(vae, video):
+    """Video (1,3,F,H,W) in [-1,1] -> the normalised latents (1,z,f,H/16,W/16) the transformer sees, in float32 or
+    wider: the posterior MEAN (the pipeline takes it, "argmax"), minus latents_mean, times 1 / latents_std."""
+    dtype = next(vae.parameters()).dtype
+    mean, _ = vae.encode(video.to(dtype))
+    mean = mean.to(torch.promote_types(dtype, torch.float32))
+    mu, std = latent_statistics(vae, mean)
+    return (mean - mu) * (1.0 / std)
+
+
+def decode_latents(vae, X):
+    """Normalised latents (1,z,f,h,w) -> frames (F,3,16h,16w) in [-1,1], float32."""
+    dtype = next(vae.parameters()).dtype
+    mu, std = latent_statistics(vae, X)
+    video = vae.decode((X / (1.0 / std) + mu).to(dtype))  # (1, 3, F, H, W)
+    return rearrange(video[0], "c f h w -> f c h w").float()
+
+
+def with_first_frame(X, x):
+    """X (B,z,f,h,w) with frame 0 replaced by the photo's latent x (B,z,1,h,w): the pipeline's
+    (1 - mask) x + mask X with the first-frame mask."""
+    return torch.cat([x.to(X.dtype), X[:, :, 1:]], dim=2)
+
+
+def token_timesteps(transformer, latents, t):
+    """(1, L) per-token timesteps of latents (B,z,f,h,w): 0 on frame 0's tokens, t on every other token."""
+    f, h, w = latents.shape[2:]
+    per_frame = transformer.tokens_per_frame(h, w)
+    t = torch.full((1, f * per_frame), float(t), device=latents.device)
+    t[:, :per_frame] = 0
+    return t
+
+
+def velocity(transformer, X_t, x, t, text, guidance, attn_maps=(), maps_only=False):
+    """(v (1,z,f,h,w) in float32 or wider, maps) for noisy latents X_t whose frame 0 is replaced by x, at timestep t
+    (frame 0's tokens at 0). text (B,L,D): one prompt's embedding, or [negative; prompt] for guidance, combined as
+    v_u + g (v_c - v_u). maps: the transformer's, for every pass (B*P, heads, f, f)."""
+    dtype = next(transformer.parameters()).dtype
+    inputs = with_first_frame(X_t, x).to(dtype).expand(len(text), -1, -1, -1, -1)
+    timestep = token_timesteps(transformer, inputs, t).expand(len(text), -1)
+    v, maps = transformer(inputs, timestep, text.to(inputs.device, dtype), attn_maps=attn_maps, maps_only=maps_only)
+    if maps_only:
+        return None, maps
+    v = v.to(torch.promote_types(dtype, torch.float32))
+    if len(text) == 2:
+        v_u, v_c = v.chunk(2)
+        v = v_u + guidance * (v_c - v_u)
+    return v, maps
+
+
+def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guidance=5.0, num_frames=81, seed=None,
+                 noise=None, sampler="unipc", return_latents=False, progress=False):
+    """Image (3,H,W) in [-1,1] (H, W multiples of 32) and prompt embeddings (1,L,D) -> frames (F,3,H,W) in [-1,1], or
+    with return_latents the final latents (z,f,H/16,W/16), as diffusers' WanImageToVideoPipeline (expand_timesteps)
+    makes them:
+
+    1. x = the photo's normalised posterior mean, encoded as one frame;
+    2. X = noise (1,z,f,h,w), f = (F-1)/4 + 1, drawn in float32 from a CPU generator seeded with `seed` unless given;
+    3. for each sigma of flow_sigmas(steps, flow_shift): v of X with frame 0 replaced by x and frame 0's tokens at
+       timestep 0, guided v_u + g (v_c - v_u) when guidance > 1 (the negative prompt's pass first), X0_hat =
+       X - sigma v; the UniPC (or Euler) step;
+    4. frame 0 replaced by x, latents un-normalised and decoded one latent frame at a time.
+    With prompt_embeds equal to negative_embeds (the image-only setting) both halves are the same call and g changes
+    nothing."""
+    if sampler not in ("unipc", "euler"):
+        raise ValueError(f"sampler must be 'unipc' or 'euler', got {sampler!r}")
+    transformer, vae = model.transformer, model.vae
+    scale, k = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
+    tile = scale * transformer.config.patch_size[1]
+    if image.shape[-2] % tile or image.shape[-1] % tile:
+        raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of {tile}")
+    if num_frames < 1 or (num_frames - 1) % k:
+        raise ValueError(f"num_frames must be {k}k + 1 (81 by default), got {num_frames}")
+    device = next(transformer.parameters()).device
+    shape = (1, vae.config.z_dim, (num_frames - 1) // k + 1, image.shape[-2] // scale, image.shape[-1] // scale)
+    generator = seeded_generator(seed)
+    text = torch.cat([negative_embeds, prompt_embeds]) if guidance > 1 else prompt_embeds
+    sigmas, timesteps = flow_sigmas(steps, model.schedule["flow_shift"], model.schedule["num_train_timesteps"])
+    bar = tqdm(total=steps, desc="denoising", disable=not progress)
+    with torch.no_grad():
+        x = encode_latents(vae, image[None, :, None].to(next(vae.parameters()).device)).to(device)  # (1, z, 1, h, w)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+
+        def denoise(X, i):
+            v, _ = velocity(transformer, X, x, timesteps[i], text, guidance)
+            bar.update()
+            return predicted_x0(X, v, sigmas[i].to(device))
+
+        X = (sample_unipc if sampler == "unipc" else sample_euler)(denoise, noise.to(device), sigmas)
+        X = with_first_frame(X, x)
+        bar.close()
+        return X[0] if return_latents else decode_latents(vae, X).clamp(-1, 1)
+
+
+# ---------------------------------------------------------------- the attack's view
+class WanPipeline:
+    """Wan2.2-TI2V-5B as the pieces of Algorithm 1 (svd.py says what each piece is), with the release's pipeline
+    settings: UniPC over the flow sigmas (shift 5), guidance 5.
+
+    The condition c of the paper is the prompt's umT5 embedding (the empty prompt by default: the paper's image-only
+    setting; another is given as token_ids). It is made once, here, with the empty prompt's (the negative prompt of
+    guidance), and then `networks.text_encoder` is set to None. The photo reaches the transformer through one path
+    only: its latent x = E(I) replaces frame 0, so embed(I) is None."""
+
+    def __init__(self, networks, prompt="", token_ids=None, guidance=5.0, averaged_maps=False):
+        if networks.text_encoder is None:
+            raise ValueError("WanPipeline embeds the prompt once with the text encoder, which is gone")
+        if prompt != "" and token_ids is None:
+            raise ValueError("Wan's tokenizer is not read here: a prompt other than the empty one needs token_ids")
+        with torch.no_grad():
+            self.negative_embeds = prompt_embeddings(networks.text_encoder, *prompt_ids(""))  # (1, L, D)
+            self.prompt_embeds = self.negative_embeds if token_ids is None else prompt_embeddings(
+                networks.text_encoder, *prompt_ids(prompt, TEXT_LENGTH, token_ids))
+        networks.text_encoder = None
+        self.networks, self.guidance, self.averaged_maps = networks, guidance, averaged_maps
+        self.timestep_of = {}  # sigma -> the sampler's integer timestep, for the levels noise_levels gave
+
+    # ------------------------------------------------------------ what the attack reads
+    @property
+    def source(self):
+        return self.networks.source
+
+    @property
+    def untrained(self):
+        return self.networks.untrained
+
+    @property
+    def device(self):
+        return next(self.networks.transformer.parameters()).device
+
+    @property
+    def num_frames(self):
+        """The pipeline's default frame count: 81 (17 for the tiny networks)."""
+        return TINY_FRAMES if self.untrained else 81
+
+    @property
+    def attention_names(self):
+        """Every block's self-attention, whose frame-to-frame maps G can return."""
+        return self.networks.transformer.attention_names
+
+    def default_attn_blocks(self):
+        """The middle of the stack, the paper's "middle blocks in the transformer": blocks n/2 - 1 and n/2 of n
+        (14 and 15 of the release's 30)."""
+        names = self.attention_names
+        return names[len(names) // 2 - 1], names[len(names) // 2]
+
+    def size_problem(self, size, num_frames):
+        """Why the networks cannot make `num_frames` frames at `size` (H, W), or None: the VAE makes 4k + 1 frames
+        and 16-pixel latents that must tile into 2x2 patches."""
+        k = self.networks.vae.config.scale_factor_temporal
+        tile = self.networks.vae.config.scale_factor_spatial * self.networks.transformer.config.patch_size[1]
+        if num_frames < 1 or (num_frames - 1) % k:
+            return f"--frames: Wan makes {k}k + 1 frames (81, 49, ...), got {num_frames}"
+        if size[0] % tile or size[1] % tile or min(size) <= 0:
+            return f"--height/--width: multiples of {tile} for Wan, got {size[0]}x{size[1]}"
+        return None
+
+    def low_memory(self, on):
+        """Recompute each transformer block's and the VAE encoder's activations in the backward pass instead of
+        keeping them (benchmarks/wan_memory.py: what that saves at 480x832x49)."""
+        self.networks.transformer.checkpointing = self.networks.vae.checkpointing = on
+
+    # ------------------------------------------------------------ the pieces of Algorithm 1
+    def P(self, I, *, size, num_frames, steps, seed, progress=False):
+        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo through the differentiable resize."""
+        return generate_wan(self.networks, to_model_input(I, size)[0], prompt_embeds=self.prompt_embeds,
+                            negative_embeds=self.negative_embeds, steps=steps, guidance=self.guidance,
+                            num_frames=num_frames, seed=seed, progress=progress)
+
+    def video(self, rgb8, *, size, num_frames, steps, seed, progress=False):
+        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (Lanczos resize)."""
+        return generate_wan(self.networks, model_input(rgb8, size), prompt_embeds=self.prompt_embeds,
+                            negative_embeds=self.negative_embeds, steps=steps, guidance=self.guidance,
+                            num_frames=num_frames, seed=seed, progress=progress)
+
+    def encode_frames(self, V):
+        """Frames (F,3,H,W) in [-1,1] -> denoiser latents X (1,z,f,H/16,W/16), f = (F-1)/4 + 1: the normalised
+        posterior mean, as the pipeline encodes the photo."""
+        return encode_latents(self.networks.vae, rearrange(V, "f c h w -> 1 c f h w").to(self.device))
+
+    def noise_levels(self, steps=50):
+        """The sigmas the adversary's `steps`-step UniPC visits (0.99999, ... for shift 5), as floats."""
+        s = self.networks.schedule
+        sigmas, timesteps = flow_sigmas(steps, s["flow_shift"], s["num_train_timesteps"])
+        levels = sigmas[:-1].tolist()
+        self.timestep_of.update(zip(levels, timesteps.tolist()))
+        return levels
+
+    def draw(self, generator, size):
+        """None: the pipeline draws nothing per iteration besides X_t's noise (it conditions on the posterior mean)."""
+        return None
+
+    def S(self, X_0, sigma, noise):
+        """X_t = S(X_0, sigma, noise) = (1 - sigma) X_0 + sigma noise: the flow-matching forward process."""
+        return noised(X_0, sigma, noise.to(X_0))
+
+    def E(self, I, d, size):
+        """x = E(I): the latent that replaces frame 0, (1,z,1,H/16,W/16) in float32 or wider: the photo (1,3,H0,W0) in
+        [0,1], resized differentiably to `size`, encoded by the causal VAE as one frame, its posterior mean
+        normalised per channel. d (None) is unused."""
+        return encode_latents(self.networks.vae, to_model_input(I, size)[:, :, None].to(self.device))
+
+    def embed(self, I):
+        """None: the photo has no second conditioning path (the condition c is the prompt, fixed at construction)."""
+        return None
+
+    def G(self, X_t, sigma, x, c, d, attn_maps=(), maps_only=False):
+        """(X0_hat (1,z,f,h,w), {block: frame-to-frame attention maps (P, heads, f, f)}) = G(X_t, sigma, x): the
+        transformer's velocity for X_t with frame 0 replaced by x (its tokens at timestep 0, the others at the
+        sampler's timestep for sigma), turned into the predicted clean latents X0_hat = X_t - sigma v, whose frame 0
+        is x again, as the pipeline's output is. c and d (None) are unused. With maps_only it stops after the maps
+        and returns (None, maps). The maps are per position P of a latent frame's tokens
+        (model/cogvideox/frame_attention.py); with averaged_maps, their mean over the positions, (1, heads, f, f).
+
+        The denoiser the adversary runs, guidance included: in the image-only setting both halves are one call;
+        with a prompt, the negative prompt's pass and the prompt's combined at guidance 5, and the maps are both
+        passes', (2P, heads, f, f)."""
+        transformer = self.networks.transformer
+        T = self.networks.schedule["num_train_timesteps"]
+        t = self.timestep_of.get(float(sigma), float(sigma) * T)
+        guided = self.guidance > 1 and self.prompt_embeds is not self.negative_embeds
+        text = torch.cat([self.negative_embeds, self.prompt_embeds]) if guided else self.prompt_embeds
+        v, maps = velocity(transformer, X_t, x, t, text, self.guidance, attn_maps, maps_only)
+        if self.averaged_maps:  # (B*P, heads, f, f) -> (B, heads, f, f)
+            maps = {name: A.unflatten(0, (len(text), -1)).mean(1) for name, A in maps.items()}
+        if maps_only:
+            return None, maps
+        wide = torch.promote_types(X_t.dtype, torch.float32)
+        return with_first_frame(predicted_x0(X_t.to(wide), v, sigma), x), maps
