@@ -31,6 +31,7 @@ from attack import protect, selected_terms
 from judging import metrics
 from judging.judges import comparison_metrics, load_judges, tiny_judges, video_metrics
 from judging.metrics import held_out_seeds
+from judging.purifiers import VAERoundTrip
 from judging.report import contact_sheet, model_note, write_results
 from judging.survival import survive
 from judging.transforms import EOT_KINDS
@@ -132,7 +133,8 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
                         stages.update()
                         return make_video(victim, rgb8, args, seed)
 
-                    record["transformed"], sheet = survive(rows, transforms, video, args.seed)
+                    vae = VAERoundTrip(victim.vae, (args.height, args.width))  # the adversary's own, for "vae"
+                    record["transformed"], sheet = survive(rows, transforms, video, args.seed, vae)
                     files[folder / "transformed.png"] = contact_sheet(sheet)
     return record, files
 

@@ -1,7 +1,8 @@
 """Expectation over transformations in attack.py and the survival report of evaluate.py, on the tiny model:
 --eot changes only what it should (off: the same draws, and the transformation never called; on: only the
-photo the adversary receives is transformed, after all the other draws), and evaluate --transforms writes
-the survival tables and the second contact sheet."""
+photo the adversary receives is transformed, after all the other draws; chains and the model's own VAE round
+trip included), and evaluate --transforms writes the survival tables and the second contact sheet, with a chain
+through the VAE and a crop among its transformations."""
 import json
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_only_what_the_adversary_receives_is_transformed(svd, I_src, monkeypatch
     assert all(jpeg[t] != clean[t] for t in ("enc", "con", "att"))
     assert all(untransformed[t] == clean[t] for t in TERMS)
     seen = []
-    monkeypatch.setattr(attack, "differentiable", lambda spec, I, g: seen.append((spec, I.shape)) or I)
+    monkeypatch.setattr(attack, "differentiable", lambda spec, I, g, vae: seen.append((spec, I.shape)) or I)
     with torch.no_grad():
         assert obj(I_adv, (aug, sigma, noise, (("blur", 1.0), 0))) == clean
     assert seen == [(("blur", 1.0), I_adv.shape)] * 2  # the guarded photo, then the source for A_src
@@ -75,9 +76,11 @@ def test_eot_counts_no_transformation_as_attack(svd, I_src):
 
 
 def test_eot_gradient_reaches_the_photo(svd, I_src):
-    obj = objective(svd, I_src, ("jpeg", "resize", "blur", "noise"))
+    obj = objective(svd, I_src, ("jpeg", "resize", "blur", "noise", "noise+vae"))
+    assert obj.vae is not None and objective(svd, I_src, ("jpeg",)).vae is None  # the VAE only when it may be drawn
     g = torch.Generator().manual_seed(0)
-    for T in [(("jpeg", 60.0), 0), (("down", 0.5), 0), (("resize", 0.7), 0), (("blur", 1.0), 0), (("noise", 0.02), 3)]:
+    for T in [(("jpeg", 60.0), 0), (("down", 0.5), 0), (("resize", 0.7), 0), (("blur", 1.0), 0), (("noise", 0.02), 3),
+              ((("noise", 0.05), ("vae", None)), 3), ((("crop", 0.8), ("denoise", 0.05)), 0)]:
         aug, sigma, noise, _ = obj.draw(g)
         I_adv = I_src[None].clone().requires_grad_()
         values = obj(I_adv, (aug, sigma, noise, T))
@@ -106,17 +109,17 @@ def test_survival_report_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     evaluate.main(["--photos", str(photos), "--out", str(out), "--model", "tiny", "--no-judges", "--height", "64",
                    "--width", "64", "--frames", "3", "--steps", "2", "--sample-steps", "2",
-                   "--methods", "i2vguard,random", "--transforms", "jpeg75,down0.5,noise0.02"])
+                   "--methods", "i2vguard,random", "--transforms", "jpeg75,down0.5,noise0.02+vae,crop0.8"])
     tables = capsys.readouterr().out
-    assert "Survival" in tables and "| jpeg75 | down0.5 | noise0.02 | worst case |" in tables
+    assert "Survival" in tables and "| jpeg75 | down0.5 | noise0.02+vae | crop0.8 | worst case |" in tables
     for stem in "ab":
         record = json.loads((out / stem / "metrics.json").read_text())
-        assert record["settings"]["transforms"] == ["jpeg75", "down0.5", "noise0.02"]
-        assert set(record["transformed"]) == {"jpeg75", "down0.5", "noise0.02"}
+        assert record["settings"]["transforms"] == ["jpeg75", "down0.5", "noise0.02+vae", "crop0.8"]
+        assert set(record["transformed"]) == {"jpeg75", "down0.5", "noise0.02+vae", "crop0.8"}
         for scores in record["transformed"].values():
             assert set(scores) == {"original", "i2vguard", "random"}
         with Image.open(out / stem / "transformed.png") as sheet:  # per transformation: source, i2vguard
-            assert sheet.height == 3 * 2 * report.SHEET_HEIGHT
+            assert sheet.height == 4 * 2 * report.SHEET_HEIGHT
     worst = [max(s["i2vguard"]["video_psnr"] for s in json.loads((out / stem / "metrics.json").read_text())
                  ["transformed"].values()) for stem in "ab"]
     assert "| Our guarded image | " in tables and report.mean_std(worst, 1) in tables.split("PSNR to V_0^T")[1]

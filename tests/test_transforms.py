@@ -118,4 +118,4 @@ def test_eot_draws_every_kind_within_its_range():
         low, high = transforms.EOT_RANGES["resize" if d[0] == "down" else d[0]]
         assert low <= d[1] <= high
     with pytest.raises(ValueError):
-        parse_eot("jpeg,crop")
+        parse_eot("jpeg,sharpen")
