@@ -89,6 +89,10 @@ class Attention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
+    def attend(self, q, k, v):
+        """softmax(q k^T / sqrt(d)) v over (B, heads, L, hd) each."""
+        return F.scaled_dot_product_attention(q, k, v)
+
     def forward(self, x, context=None, rope=None, frames=None):
         """x (B, L, dim) -> (out (B, L, dim), A): A the temporal map (B*P, heads, F, F) of the `frames` latent
         frames (frame_attention.py, no text tokens) from this self-attention's q, k, or None when frames is None."""
@@ -97,7 +101,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(s, "b l (h d) -> b h l d", h=self.heads) for s in (q, k, v))
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.attend(q, k, v)
         A = None if frames is None else frame_attention_map(q, k, 0, frames)
         return self.to_out[0](rearrange(out, "b h l d -> b l (h d)").type_as(x)), A
 
