@@ -34,10 +34,13 @@ from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
+from safetensors import safe_open
+from torch import nn
 from tqdm import tqdm
 
 from model.t5 import TIED_KEYS
 from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanTransformerConfig, WanVAE, WanVAEConfig
+from model.wan.transformer import FLOAT32_PARTS
 from model.wan.scheduler import flow_sigmas, noised, predicted_x0, sample_euler, sample_unipc
 from pipelines.svd import seeded_generator, to_model_input
 from plumbing.photos import model_input
@@ -108,9 +111,23 @@ def load_text_encoder(source, dtype, device):
     return t5
 
 
+def keep_float32(transformer, files, device):
+    """The transformer's FLOAT32_PARTS read again from its files in float32, as the reference keeps them when the
+    rest runs in half precision (the timestep's MLP, the modulation tables, the cross-attention norms)."""
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if any(part in key for part in FLOAT32_PARTS):
+                    owner, _, name = key.rpartition(".")
+                    module = transformer.get_submodule(owner)
+                    value = f.get_tensor(key).to(device, torch.float32)
+                    setattr(module, name, nn.Parameter(value, requires_grad=False))
+    return transformer
+
+
 def load_wan(source=DEFAULT_MODEL, dtype=torch.bfloat16, device="cpu"):
     """Wan2.2-TI2V-5B from a hub repo id or a local folder in the layout above, in `dtype` on `device`, one tensor at
-    a time: 5.00B transformer, 0.70B VAE, 5.68B umT5 parameters."""
+    a time (the transformer's FLOAT32_PARTS stay float32): 5.00B transformer, 0.70B VAE, 5.68B umT5 parameters."""
     source = str(source)
     transformer = network_on_meta(source, "transformer", WanTransformer, WanTransformerConfig,
                                   "WanTransformer3DModel")
@@ -118,8 +135,10 @@ def load_wan(source=DEFAULT_MODEL, dtype=torch.bfloat16, device="cpu"):
     if vae.config.latents_mean is None or vae.config.latents_std is None:
         raise WeightsError(f"{source}/vae/config.json: latents_mean and latents_std are needed")
     schedule = read_schedule(source)
-    transformer = load_checked(
-        transformer, shard_files(source, "transformer/diffusion_pytorch_model.safetensors.index.json"), dtype, device)
+    files = shard_files(source, "transformer/diffusion_pytorch_model.safetensors.index.json")
+    transformer = load_checked(transformer, files, dtype, device)
+    if dtype in (torch.float16, torch.bfloat16):
+        keep_float32(transformer, files, device)
     vae = load_checked(vae, fetch(source, "vae/diffusion_pytorch_model.safetensors"), dtype, device)
     return Wan(transformer, vae, load_text_encoder(source, dtype, device), source, schedule)
 

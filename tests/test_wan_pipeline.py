@@ -5,6 +5,7 @@ the references' own save_pretrained and loaded strictly by load_wan, the frames 
 The parity covers UniPC; the Euler sampler is tested against diffusers' Euler step in test_wan_scheduler.py. The
 tokenizer is a stub returning fixed ids (the hub is unreachable), and ftfy, which the reference's prompt cleaning
 imports, is stubbed to the identity (not installed)."""
+import copy
 import json
 from types import SimpleNamespace
 
@@ -129,3 +130,27 @@ def test_broken_folders_are_one_line_errors(release, tmp_path):
             load_wan(tmp_path, dtype=torch.float32)
         assert "\n" not in str(error.value)
         path.write_bytes(saved)
+
+
+def test_bfloat16_transformer_equals_reference(release):
+    """Loaded in bfloat16, the parts the reference keeps in float32 (its _keep_in_fp32_modules, applied by its loader
+    to every parameter with such a name among its dotted components; its loader needs accelerate, not installed, so
+    the rule is applied here) stay float32 here too, and the outputs are bit-equal."""
+    ref_networks, folder, _ = release
+    ref = copy.deepcopy(ref_networks.transformer)
+    keep = type(ref)._keep_in_fp32_modules
+    for name, p in ref.named_parameters():
+        if not any(part in name.split(".") for part in keep):
+            p.data = p.data.to(torch.bfloat16)
+    ours = load_wan(folder).transformer
+    kept = {k for k, v in ref.state_dict().items() if v.dtype == torch.float32}
+    assert kept and kept == {k for k, v in ours.state_dict().items() if v.dtype == torch.float32}
+    x = torch.randn(1, 4, 3, 4, 6).to(torch.bfloat16)
+    t = torch.tensor([[0.0] * 6 + [700.0] * 12])  # frame 0's tokens at 0
+    text = torch.randn(1, LENGTH, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        expected, (out, _) = ref(x, t, text).sample, ours(x, t, text)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    diff = (out.float() - expected.float()).abs().max().item()
+    print(f"\n[parity] wan transformer bf16: max abs diff {diff:.3e} (max |ref| {expected.abs().max().item():.3g})")
+    assert diff == 0

@@ -20,6 +20,10 @@ from ..cogvideox.transformer import apply_rotary
 from ..config import JSONConfig
 from ..layers import TimestepEmbedding, maybe_checkpoint, sinusoidal_embedding
 
+# The parameters the reference keeps in float32 when the rest runs in half precision (its _keep_in_fp32_modules):
+# the timestep's MLP, the modulation tables and the cross-attention's norm. load_wan reads them in float32.
+FLOAT32_PARTS = ("condition_embedder.time_embedder.", "scale_shift_table", ".norm2.")
+
 # config.json keys whose value this implementation is built for (the TI2V-5B layout: no CLIP image branch); any
 # other value, a Wan2.1-I2V config with image_dim say, is refused instead of built wrongly.
 FIXED = dict(qk_norm="rms_norm_across_heads", cross_attn_norm=True, image_dim=None, added_kv_proj_dim=None,
@@ -176,7 +180,7 @@ class ConditionEmbedder(nn.Module):
         """t (B, L) timesteps (L = 1 or one per token), text (B, T, text_dim) -> temb (B, L, D),
         e (B, L, 6, D), text (B, T, D)."""
         features = sinusoidal_embedding(t.flatten(), self.freq_dim).unflatten(0, t.shape)  # (B, L, freq_dim)
-        temb = self.time_embedder(features.to(self.time_proj.weight.dtype)).type_as(text)
+        temb = self.time_embedder(features.to(self.time_embedder.linear_1.weight.dtype)).type_as(text)
         e = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))
         return temb, e, self.text_embedder(text)
 

@@ -84,14 +84,16 @@ class CausalConv3d(nn.Conv3d):
 
 
 class RMSNorm(nn.Module):
-    """Each position's channel vector scaled to unit length, times sqrt(channels) and a learned gain `gamma`."""
+    """Each position's channel vector scaled to unit length (in float32 for half precision), times sqrt(channels)
+    and a learned gain `gamma`."""
 
     def __init__(self, channels, image=False):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(channels, 1, 1) if image else torch.ones(channels, 1, 1, 1))
 
     def forward(self, x):
-        return F.normalize(x, dim=1) * self.gamma.shape[0] ** 0.5 * self.gamma
+        unit = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
+        return unit * self.gamma.shape[0] ** 0.5 * self.gamma
 
 
 class ResBlock(nn.Module):
@@ -125,7 +127,7 @@ class FrameAttention(nn.Module):
     def forward(self, x):
         b, _, f, h, w = x.shape
         qkv = self.to_qkv(self.norm(rearrange(x, "b c f h w -> (b f) c h w")))
-        q, k, v = rearrange(qkv, "n c h w -> n 1 (h w) c").chunk(3, dim=-1)  # (B*F, 1, H*W, C) each
+        q, k, v = rearrange(qkv, "n c h w -> n 1 (h w) c").contiguous().chunk(3, dim=-1)  # (B*F, 1, H*W, C) each
         out = rearrange(F.scaled_dot_product_attention(q, k, v), "(b f) 1 (h w) c -> (b f) c h w", b=b, h=h)
         return x + rearrange(self.proj(out), "(b f) c h w -> b c f h w", b=b)
 
