@@ -2,7 +2,7 @@
 --eot changes only what it should (off: the same draws, and the transformation never called; on: only the
 photo the adversary receives is transformed, after all the other draws; chains and the model's own VAE round
 trip included), and evaluate --transforms writes the survival tables and the second contact sheet, with a chain
-through the VAE and a crop among its transformations."""
+through the VAE among its transformations (a crop's common region: tests/test_purify.py)."""
 import json
 
 import numpy as np
@@ -109,17 +109,17 @@ def test_survival_report_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     evaluate.main(["--photos", str(photos), "--out", str(out), "--model", "tiny", "--no-judges", "--height", "64",
                    "--width", "64", "--frames", "3", "--steps", "2", "--sample-steps", "2",
-                   "--methods", "i2vguard,random", "--transforms", "jpeg75,down0.5,noise0.02+vae,crop0.8"])
+                   "--methods", "i2vguard,random", "--transforms", "jpeg75,down0.5,noise0.02+vae"])
     tables = capsys.readouterr().out
-    assert "Survival" in tables and "| jpeg75 | down0.5 | noise0.02+vae | crop0.8 | worst case |" in tables
+    assert "Survival" in tables and "| jpeg75 | down0.5 | noise0.02+vae | worst case |" in tables
     for stem in "ab":
         record = json.loads((out / stem / "metrics.json").read_text())
-        assert record["settings"]["transforms"] == ["jpeg75", "down0.5", "noise0.02+vae", "crop0.8"]
-        assert set(record["transformed"]) == {"jpeg75", "down0.5", "noise0.02+vae", "crop0.8"}
+        assert record["settings"]["transforms"] == ["jpeg75", "down0.5", "noise0.02+vae"]
+        assert set(record["transformed"]) == {"jpeg75", "down0.5", "noise0.02+vae"}
         for scores in record["transformed"].values():
             assert set(scores) == {"original", "i2vguard", "random"}
         with Image.open(out / stem / "transformed.png") as sheet:  # per transformation: source, i2vguard
-            assert sheet.height == 4 * 2 * report.SHEET_HEIGHT
+            assert sheet.height == 3 * 2 * report.SHEET_HEIGHT
     worst = [max(s["i2vguard"]["video_psnr"] for s in json.loads((out / stem / "metrics.json").read_text())
                  ["transformed"].values()) for stem in "ab"]
     assert "| Our guarded image | " in tables and report.mean_std(worst, 1) in tables.split("PSNR to V_0^T")[1]
