@@ -34,7 +34,7 @@ from judging.metrics import held_out_seeds
 from judging.purifiers import VAERoundTrip
 from judging.report import contact_sheet, model_note, write_results
 from judging.survival import survive
-from judging.transforms import EOT_KINDS
+from judging.transforms import EOT_KINDS, PURIFY
 from judging.transforms import name as transform_name
 from pipelines.svd import SVDPipeline, generate, load_model
 from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
@@ -57,8 +57,10 @@ METHODS = {
     "photoguard": (dict(method="photoguard"), "PhotoGuard (encoder attack)"),
     "i2vguard-eot": (dict(method="i2vguard", terms=selected_terms(), eot=EOT_KINDS),
                      "Ours + EOT (JPEG, resize, blur, noise)"),
+    "i2vguard-eot-purify": (dict(method="i2vguard", terms=selected_terms(), eot=PURIFY),
+                            "Ours + EOT (the purify set)"),
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "i2vguard-eot"]
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("i2vguard-eot")]
 METHOD_NAMES = {m: name for m, (_, name) in METHODS.items()}
 
 

@@ -1,9 +1,10 @@
-"""Time per attack iteration with and without EOT (--eot jpeg,resize,blur,noise): the same objective
+"""Time per attack iteration with and without EOT (--eot, default jpeg,resize,blur,noise): the same objective
 (attack.Objective, every term on, the same V_0), one iteration being a draw, the loss terms and their
 gradient with respect to the photo, as attack.protect runs it. Alternating runs in one process; the
 ratio is what EOT costs.
 
     python benchmarks/bench_eot.py --image examples/64px/chelsea.png --model toy
+    python benchmarks/bench_eot.py --image examples/64px/chelsea.png --model toy --eot purify
 """
 import argparse
 import sys
@@ -14,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attack import TERMS, Objective  # noqa: E402
-from judging.transforms import EOT_KINDS
+from judging.transforms import EOT_KINDS, parse_eot  # noqa: E402
 from losses import total_loss  # noqa: E402
 from pipelines import load_pipeline  # noqa: E402
 from plumbing.cli import model_size
@@ -37,6 +38,7 @@ def main():
     p.add_argument("--model", default="toy")
     p.add_argument("--steps", type=int, default=20, help="iterations per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each, alternating")
+    p.add_argument("--eot", type=parse_eot, default=EOT_KINDS, help="the EOT items, as attack.py --eot takes them")
     args = p.parse_args()
     size = model_size(None, None, args.model)
     model = load_pipeline(args.model, torch.device("cpu"), torch.float32, size=size)
@@ -44,7 +46,7 @@ def main():
     settings = dict(num_frames=model.num_frames, size=size, tau1=0.5, tau2=0.5,
                     attn_blocks=model.default_attn_blocks(), sample_steps=25, seed=0)
     plain = Objective(model, I_src, TERMS, **settings)
-    eot = Objective(model, I_src, TERMS, eot=EOT_KINDS, **settings)
+    eot = Objective(model, I_src, TERMS, eot=args.eot, **settings)
     times = {"without EOT": [], "with EOT": []}
     for r in range(args.repeats):
         for name, objective in (("without EOT", plain), ("with EOT", eot)):
