@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from ..cogvideox.frame_attention import frame_attention_map
-from ..cogvideox.transformer import apply_rotary
+from ..cogvideox.transformer import GELUProj, apply_rotary
 from ..config import JSONConfig
 from ..layers import TimestepEmbedding, maybe_checkpoint, sinusoidal_embedding
 
@@ -108,15 +108,6 @@ class Attention(nn.Module):
         out = self.attend(q, k, v)
         A = None if frames is None else frame_attention_map(q, k, 0, frames)
         return self.to_out[0](rearrange(out, "b h l d -> b l (h d)").type_as(x)), A
-
-
-class GELUProj(nn.Module):
-    def __init__(self, dim, inner):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner)
-
-    def forward(self, x):
-        return F.gelu(self.proj(x), approximate="tanh")
 
 
 class FeedForward(nn.Module):

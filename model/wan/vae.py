@@ -183,9 +183,7 @@ class Upsample(nn.Module):
             self.time_conv = CausalConv3d(channels, 2 * channels, (3, 1, 1))
 
     def forward(self, x, past=None, keep=True, first=False):
-        if hasattr(self, "time_conv") and not first:
-            if past is None:  # the chunk after the first: the conv starts from zero frames
-                past = x.new_zeros(*x.shape[:2], 2, *x.shape[3:])
+        if hasattr(self, "time_conv") and not first:  # from the chunk after the first, which starts from zeros
             x, past = self.time_conv(x, past, keep)
             x = rearrange(x, "b (two c) f h w -> b c (f two) h w", two=2)  # (B, C, 2F, H, W)
         return per_frame(self.resample, x), past
@@ -195,7 +193,7 @@ class AvgDown3D(nn.Module):
     """The residual shortcut of a down level: frames (padded in front with zeros to a multiple of ft) and pixels
     folded by (ft, 2, 2) into channels, then averaged in consecutive groups down to out_channels."""
 
-    def __init__(self, in_channels, out_channels, ft, fs):
+    def __init__(self, out_channels, ft, fs):
         super().__init__()
         self.out_channels, self.ft, self.fs = out_channels, ft, fs
 
@@ -225,7 +223,7 @@ class DownLevel(nn.Module):
 
     def __init__(self, in_channels, out_channels, blocks, down, time):
         super().__init__()
-        self.avg_shortcut = AvgDown3D(in_channels, out_channels, 2 if time else 1, 2 if down else 1)
+        self.avg_shortcut = AvgDown3D(out_channels, 2 if time else 1, 2 if down else 1)
         self.resnets = nn.ModuleList([ResBlock(in_channels if j == 0 else out_channels, out_channels)
                                       for j in range(blocks)])
         self.downsampler = Downsample(out_channels, time) if down else None
