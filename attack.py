@@ -50,7 +50,9 @@ CALIBRATION_DRAWS, CALIBRATION_SEED = 5, 0xCA1B
 
 class Objective:
     """The inputs of Algorithm 1 that stay fixed while I_adv changes, and the loss terms as a function of I_adv.
-    V_0, the video made from I_src ((F,3,H,W) in [-1,1]), is generated unless given.
+    V_0, the video made from I_src ((F,3,H,W) in [-1,1]), is generated unless given. A model that draws one of
+    several motions per iteration (ControlNeXt's pose sequences: `motions`, `motion(d)`) gets one V_0^k per motion
+    k, one sampling run each, and an iteration that draws motion k is measured against X_0^k.
 
     Latents are compared where they live: the conditioning latents x (what the pipeline conditions the
     denoiser on) as E gives them; the denoiser latents X as the model's frame encoder gives them.
@@ -64,18 +66,21 @@ class Objective:
         self.vae = VAERoundTrip(model.networks.vae, size) if needs_vae(eot) else None
         # The adversary's sampler visits these noise levels; each iteration attacks one of them.
         self.sigmas = model.noise_levels(sample_steps)
-        self.X_0 = self.X_tg = None  # needed by L_con and L_att only
+        self.X_0 = self.X_0_k = self.X_tg = None  # needed by L_con and L_att only
         self.I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
         with torch.no_grad():
             self.c_src = model.embed(I_src)
             if ("con" in terms or "att" in terms) and V_0 is None:
-                # Generate original video V_0 = P(I_src)
-                V_0 = model.P(I_src, size=size, num_frames=num_frames, steps=sample_steps, seed=seed,
-                              progress=progress and "V_0, the source's video")  # (F, 3, H, W)
+                # Generate original video V_0 = P(I_src), one V_0^k per motion k where the model has several
+                runs = [{"motion": k} for k in range(model.motions)] if hasattr(model, "motions") else [{}]
+                V_0 = torch.stack([model.P(I_src, size=size, num_frames=num_frames, steps=sample_steps, seed=seed,
+                                           progress=progress and "V_0, the source's video", **run) for run in runs])
             if V_0 is not None:
+                V_0 = V_0 if V_0.dim() == 5 else V_0[None]  # (K, F, 3, H, W): K motions
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
-                self.X_0 = model.encode_frames(V_0)  # (1, F, C, h, w)
-                self.X_tg = model.encode_frames(-torch.ones_like(V_0[:1])).expand_as(self.X_0)
+                self.X_0_k = torch.cat([model.encode_frames(V) for V in V_0])  # (K, F, C, h, w): X_0^k per motion k
+                self.X_0 = self.X_0_k[:1]  # (1, F, C, h, w): motion 0's, which P and video follow by default
+                self.X_tg = model.encode_frames(-torch.ones_like(V_0[0, :1])).expand_as(self.X_0)
 
     def draw(self, generator, step=None):
         """Fresh randomness for one iteration: the pipeline's own (e.g. its noise augmentation), a noise
@@ -113,15 +118,16 @@ class Objective:
 
         # I_adv reaches the denoiser through every conditioning path: its latents and its embedding
         c_adv = model.embed(I_adv)
-        # Generate noisy frames X_t = S(X_0, t, noise)
-        X_t = model.S(self.X_0, sigma, noise)  # (1, F, C, h, w)
+        # Generate noisy frames X_t = S(X_0, t, noise), X_0 that of the motion drawn
+        X_0 = self.X_0_k[model.motion(d) if len(self.X_0_k) > 1 else 0][None]  # (1, F, C, h, w)
+        X_t = model.S(X_0, sigma, noise)
         blocks = self.attn_blocks if "att" in self.terms else ()
 
         # Predict X_0: X0_adv = G(X_t, x_adv, c_adv), with the attention maps A_adv
         X0_adv, A_adv = model.G(X_t, sigma, x_adv, c_adv, d, blocks)
         if "con" in self.terms:
-            terms["con"] = contrastive_loss(X0_adv, self.X_tg, self.X_0, self.tau1)
-            self.con_distance = mean_sq(X0_adv, self.X_0).detach()  # Eq. 3's hinge is active while < tau1
+            terms["con"] = contrastive_loss(X0_adv, self.X_tg, X_0, self.tau1)
+            self.con_distance = mean_sq(X0_adv, X_0).detach()  # Eq. 3's hinge is active while < tau1
         if "att" in self.terms:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
                 c_ref = self.c_src if I_ref is self.I_src else model.embed(I_ref)

@@ -69,9 +69,10 @@ def main(argv=None):
         fail(f"{image}: {e}")
     if pose_conditioned(args.model):
         args.steps = args.steps or 25
-        return sample_with_poses(args, device, dtype, photo, resized, out)
-    if args.pose:
-        fail(f"--pose: {args.model} is not a pose-conditioned model (--model controlnext is)")
+        return sample_with_poses(args, device, dtype, out)
+    if args.pose or args.body:
+        flag = "--pose" if args.pose else "--body"
+        fail(f"{flag}: {args.model} is not a pose-conditioned model (--model controlnext is)")
     if text_conditioned(args.model):
         args.steps = args.steps or 50
         return sample_with_text(args, device, dtype, resized, out)
@@ -94,14 +95,21 @@ def main(argv=None):
     write_video(frames, args, out, frame_files)
 
 
-def sample_with_poses(args, device, dtype, photo, resized, out):
+def sample_with_poses(args, device, dtype, out):
     """ControlNeXt-SVD-v2 (pipelines/controlnext.py), with the release's settings: 25 steps unless --steps, guidance 3,
-    windows of 24 frames overlapping by 6, decoding 2 frames at a time. The other SVD flags do not apply."""
+    windows of 24 frames overlapping by 6, decoding 2 frames at a time, the photo resized and centre-cropped as the
+    release prepares it. Without --pose, the generic 'wave' motion, fitted to --body if given. The other SVD flags
+    do not apply."""
+    if args.pose and args.body:
+        fail("--body fits the generic motions to the photo; --pose gives poses of its own: give one of them")
+    rgb8 = read_photo(args.image)[0]
     try:
+        body = args.body and pose_sequences.read_body(args.body, rgb8.shape[-2:], (args.height, args.width))
         poses = (pose_sequences.read_poses(args.pose, args.height, args.width, args.frames or MAX_FRAMES) if args.pose
-                 else pose_sequences.generic_poses(args.frames or controlnext.WINDOW, args.height, args.width)["wave"])
+                 else pose_sequences.generic_poses(args.frames or controlnext.WINDOW, args.height, args.width,
+                                                   body)["wave"])
     except ValueError as e:
-        fail(f"--pose: {e}")
+        fail(f"--{'pose' if args.pose else 'body'}: {e}")
     if not args.frames and len(poses) > MAX_FRAMES:
         fail(f"--pose {args.pose} has more than {MAX_FRAMES} frames; give --frames N to use its first N")
     if args.frames:
@@ -114,9 +122,9 @@ def sample_with_poses(args, device, dtype, photo, resized, out):
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     frame_files = frame_paths(args.frames_dir, len(poses)) if args.frames_dir else []
     refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
-                   input_files(args.image, args.pose, model_folder(args.model)))
-    frames = controlnext.generate_controlnext(networks, pose_encoder, resized, poses, steps=args.steps,
-                                              seed=args.seed, clip_image=photo, progress=True)
+                   input_files(args.image, args.pose, args.body, model_folder(args.model)))
+    frames = controlnext.generate_controlnext(networks, pose_encoder, controlnext.photo_input(rgb8, poses.shape[-2:]),
+                                              poses, steps=args.steps, seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)
 
 

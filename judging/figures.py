@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from plumbing.photos import model_input, to_images, video_bytes
@@ -91,24 +92,32 @@ def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
     """The videos the model made from the source photo and from the guarded one with `seed` (one the attack
     did not use), `frames` = (V_src, V_adv) (F,3,H,W) in [-1,1], as the adversary would make them, and the
     paper's Fig. 3 for them: file bytes by suffix, .before.gif, .after.gif, .preview.gif side by side
-    (photos on top, their videos below, each column labelled), and .attention.png, the temporal attention
-    maps of the attacked blocks."""
+    (photos on top, their videos below, each column labelled; for a pose-conditioned model, the poses the
+    videos follow in a fourth column), and .attention.png, the temporal attention maps of the attacked blocks."""
     videos, inputs = [], {}
     device = model.device
     for (name, rgb8), V in zip((("source", src8), ("guarded", guarded8)), frames):
-        image = model_input(rgb8, size)  # (3, H, W) in [-1, 1], resized as the pipeline resizes
+        # (3, H, W) in [-1, 1], resized as the pipeline resizes (ControlNeXt: centre-cropped as its release does)
+        image = model.model_input(rgb8, size) if hasattr(model, "model_input") else model_input(rgb8, size)
         videos.append((image, V))
         inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
     (src, V_src), (adv, V_adv) = videos
     # values in [-1, 1]: a difference d is shown as -1 + GAIN * |d|, black where nothing changed
     top = torch.cat([src, adv, (-1 + PHOTO_GAIN * (adv - src).abs()).clamp(-1, 1)], dim=-1)  # (3, H, 3W)
-    grid = torch.stack([torch.cat([top, torch.cat([a, b, (-1 + VIDEO_GAIN * (a - b).abs()).clamp(-1, 1)], dim=-1)],
-                                  dim=-2) for a, b in zip(V_src, V_adv)])  # (F, 3, 2H, 3W)
-    side_by_side = to_images(grid)  # F images (3W, 2H)
-    w, h = side_by_side[0].width // 3, side_by_side[0].height // 2
-    labels = [(0, 0, "source photo"), (w, 0, "guarded photo"), (2 * w, 0, f"|difference| x{PHOTO_GAIN // 2}"),
-              (0, h, f"its video (seed {seed})"), (w, h, "guarded's video"),
-              (2 * w, h, f"|difference| x{VIDEO_GAIN // 2}")]
+    rows = [torch.cat([a, b, (-1 + VIDEO_GAIN * (a - b).abs()).clamp(-1, 1)], dim=-1) for a, b in zip(V_src, V_adv)]
+    labels = ["source photo", "guarded photo", f"|difference| x{PHOTO_GAIN // 2}", f"its video (seed {seed})",
+              "guarded's video", f"|difference| x{VIDEO_GAIN // 2}"]
+    if hasattr(model, "pose_sequences"):  # a pose-conditioned model: the poses the videos follow, in a fourth column
+        poses = F.interpolate(model.poses(0, len(V_src)).float(), size=tuple(src.shape[-2:]), mode="bilinear")
+        top = torch.cat([top, -torch.ones_like(src)], dim=-1)  # (3, H, 4W)
+        rows = [torch.cat([row, pose.to(row) * 2 - 1], dim=-1) for row, pose in zip(rows, poses)]
+        labels[3:3] = [""]
+        labels.append("the poses followed")
+    grid = torch.stack([torch.cat([top, row], dim=-2) for row in rows])  # (F, 3, 2H, columns * W)
+    side_by_side = to_images(grid)
+    columns = len(labels) // 2
+    w, h = side_by_side[0].width // columns, side_by_side[0].height // 2
+    labels = [(k % columns * w, k // columns * h, label) for k, label in enumerate(labels)]
     for im in side_by_side:
         draw = ImageDraw.Draw(im)
         for x, y, label in labels:

@@ -2,6 +2,7 @@
 
     networks, pose_encoder = load_controlnext()                    # the release, from the hub
     networks, pose_encoder = load_controlnext("/path/to/folder")   # a folder in the layout below
+    image = photo_input(rgb8, (1024, 576))                          # the photo as the release prepares it
     frames = generate_controlnext(networks, pose_encoder, image, poses, seed=0)
     model = ControlNeXtPipeline(networks, pose_encoder, [poses])   # P, E, S, G for attack.py (see pipelines/svd.py)
 
@@ -29,8 +30,8 @@ from tqdm import tqdm
 
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, euler_step, karras_sigmas, precondition
-from pipelines.svd import SVDPipeline, added_time_ids, decode, image_conditioning, seeded_generator, to_model_input
-from plumbing.photos import model_input
+from pipelines.poses import release_crop_box
+from pipelines.svd import SVDPipeline, added_time_ids, clip_embedding, decode, image_conditioning, seeded_generator
 from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
 BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
@@ -100,6 +101,23 @@ def pose_encoder_on_meta(path, unet_channels):
         raise WeightsError(f"{path}: no PoseEncoder can be built from it ({e})") from None
 
 
+# ---------------------------------------------------------------- the photo, as the release prepares it
+def release_crop(I, size):
+    """Photo (N,3,H0,W0) -> (N,3,H,W), as the release's utils/pre_process.py prepares it for the pipeline: resized
+    with its aspect ratio kept to cover size = (H, W), bilinear without antialiasing (torchvision's resize of a
+    tensor with antialias=None), then its centre cropped (poses.release_crop_box). Differentiable."""
+    resized_height, resized_width, top, left = release_crop_box(*I.shape[-2:], *size)
+    if (resized_height, resized_width) != tuple(I.shape[-2:]):
+        I = F.interpolate(I, size=(resized_height, resized_width), mode="bilinear", align_corners=False)
+    return I[..., top:top + size[0], left:left + size[1]]
+
+
+def photo_input(rgb8, size):
+    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1]: the photo the release's pipeline receives, resized on 8-bit levels
+    (rounded, as torchvision resizes a uint8 tensor) and centre-cropped (release_crop). The CLIP path sees it too."""
+    return release_crop(rgb8[None].float(), size).round()[0] / 127.5 - 1
+
+
 # ---------------------------------------------------------------- sampling
 def fit_poses(poses, size):
     """Pose frames (F,3,h,w) in [0,1] at the frame size `size`: resized (bicubic, antialiased, clamped) if needed."""
@@ -166,7 +184,8 @@ def generate_controlnext(networks, pose_encoder, image, poses, *, steps=25, guid
 
     noise is the unit-variance initial noise (F,4,H/8,W/8); otherwise it is drawn after the augmentation noise from
     a CPU generator seeded with `seed` (random when None), as svd.py's generate draws them. clip_image (3,H0,W0) in
-    [-1,1] is the photo at its own size for the CLIP path (default: image)."""
+    [-1,1] is the photo the CLIP path sees (default: image, as the release's pipeline, given the cropped photo,
+    does: photo_input)."""
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of 8")
     unet, vae = networks.unet, networks.vae
@@ -196,13 +215,16 @@ class ControlNeXtPipeline(SVDPipeline):
     """ControlNeXt-SVD-v2 as the pieces of Algorithm 1 (svd.py), in expectation over pose sequences: each draw d
     is (the augmentation noise, the index of one of `pose_sequences`, (F,3,H,W) in [0,1], each starting with the
     photo's pose). The release's settings: time ids [6, 128, 0.02], guidance 3, windows of 24 frames overlapping
-    by 6, decoding 2 frames at a time; P and video follow pose sequence 0."""
+    by 6, decoding 2 frames at a time. Every piece sees the photo resized and centre-cropped as the release prepares
+    it (release_crop), the CLIP path included. P follows the pose sequence `motion` (default 0), video sequence 0;
+    the attack makes one reference per motion (motions, motion(d))."""
 
     def __init__(self, networks, pose_encoder, pose_sequences):
         super().__init__(networks, fps=FPS, motion_bucket_id=MOTION_BUCKET, noise_aug=NOISE_AUG)
         if not pose_sequences:
             raise ValueError("ControlNeXtPipeline needs at least one pose sequence")
         self.pose_encoder, self.pose_sequences = pose_encoder, list(pose_sequences)
+        self.size = tuple(self.pose_sequences[0].shape[-2:])  # the frame: the CLIP path's photo is cropped to it
         self.last_control = None  # (what it was made for, control): G's two passes of an iteration share it
 
     @property
@@ -216,17 +238,29 @@ class ControlNeXtPipeline(SVDPipeline):
             raise ValueError(f"pose sequence {index} has {len(poses)} frames, {num_frames} are needed")
         return poses[:num_frames]
 
-    def P(self, I, *, size, num_frames, steps, seed, progress=False):
-        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo through the differentiable resize."""
-        return generate_controlnext(self.networks, self.pose_encoder, to_model_input(I, size)[0],
-                                    self.poses(0, num_frames), steps=steps, seed=seed, clip_image=I[0] * 2 - 1,
-                                    progress=progress)
+    @property
+    def motions(self):
+        """How many pose sequences the attack draws from: it needs a reference video V_0 for each."""
+        return len(self.pose_sequences)
+
+    def motion(self, d):
+        """The pose sequence a draw d follows."""
+        return d[1]
+
+    def model_input(self, rgb8, size):
+        """The photo (3,H,W) in [-1,1] the model sees from an 8-bit photo: photo_input."""
+        return photo_input(rgb8, size)
+
+    def P(self, I, *, size, num_frames, steps, seed, motion=0, progress=False):
+        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo, cropped differentiably, along pose sequence
+        `motion`."""
+        return generate_controlnext(self.networks, self.pose_encoder, release_crop(I, size)[0] * 2 - 1,
+                                    self.poses(motion, num_frames), steps=steps, seed=seed, progress=progress)
 
     def video(self, rgb8, *, size, num_frames, steps, seed, progress=False):
-        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (Lanczos resize)."""
-        return generate_controlnext(self.networks, self.pose_encoder, model_input(rgb8, size),
-                                    self.poses(0, num_frames), steps=steps, seed=seed,
-                                    clip_image=rgb8.float() / 127.5 - 1, progress=progress)
+        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file, along pose sequence 0."""
+        return generate_controlnext(self.networks, self.pose_encoder, photo_input(rgb8, size),
+                                    self.poses(0, num_frames), steps=steps, seed=seed, progress=progress)
 
     def draw(self, generator, size):
         """The pipeline's randomness for one iteration: its augmentation noise (1,3,H,W), drawn as SVDPipeline draws
@@ -234,7 +268,12 @@ class ControlNeXtPipeline(SVDPipeline):
         return super().draw(generator, size), int(torch.randint(len(self.pose_sequences), (), generator=generator))
 
     def E(self, I, d, size):
-        return super().E(I, d[0], size)
+        """x = E(I): SVDPipeline.E of the cropped photo (release_crop)."""
+        return super().E(release_crop(I, size), d[0], size)
+
+    def embed(self, I):
+        """The CLIP image embedding (1,1,D) of the cropped photo, which the release's CLIP path sees."""
+        return clip_embedding(self.networks.image_encoder, release_crop(I, self.size) * 2 - 1)
 
     def G(self, X_t, sigma, x, c, d, attn_maps=(), maps_only=False):
         """SVDPipeline.G with the control of the drawn pose sequence's first F frames (at the decoded frame size)."""

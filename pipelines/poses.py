@@ -2,12 +2,16 @@
 poses are unknown, drawn as the release draws its DWPose skeletons, and pose frames read from files.
 
 A pose is the 18 OpenPose body keypoints (KEYPOINTS, in that order) as (x, y) fractions of the frame's
-width and height. Frame 0 of every generic sequence is the same neutral standing pose: the pipeline
-replaces a sequence's first pose by the reference photo's own pose anyway.
+width and height. The release starts every pose sequence with the photo's own pose, and moves and scales
+each driving pose to fit the photo's body (its dwpose/preprocess.py). Given the photo's keypoints (read_body),
+fitted_poses does the same: frame 0 is the photo's pose, the motion's frames follow, fitted by fit_motion.
+Without them the generic sequences stay centred, and frame 0 is their neutral standing pose, not the photo's.
 """
 import colorsys
 import itertools
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,10 +164,93 @@ def draw_skeleton(keypoints, height, width):
     return torch.from_numpy(frame).permute(2, 0, 1).float() / 255  # (3, H, W)
 
 
-def generic_poses(frames, height, width):
-    """Every generic sequence drawn: name -> (F, 3, H, W) float32 in [0, 1]."""
-    return {name: torch.stack([draw_skeleton(p, height, width) for p in sequence(frames)])
-            for name, sequence in SEQUENCES.items()}
+def generic_poses(frames, height, width, body=None):
+    """Every generic sequence drawn: name -> (F, 3, H, W) float32 in [0, 1]. With the photo's keypoints `body`
+    (18, 2) in fractions of the frame (NaN: not seen), each is fitted to it (fitted_poses); without, the
+    sequences stay centred and one line on stderr says so."""
+    if body is None:
+        print("poses: the motions are not fitted to the body (no body keypoints given): centred generic sequences",
+              file=sys.stderr)
+        keypoints = {name: sequence(frames) for name, sequence in SEQUENCES.items()}
+    else:
+        keypoints = fitted_poses(frames, body, height, width)
+    return {name: torch.stack([draw_skeleton(p, height, width) for p in sequence])
+            for name, sequence in keypoints.items()}
+
+
+# ---------------------------------------------------------------- the photo's body
+# The keypoints the release fits a motion on (its dwpose/preprocess.py): all but the elbows and wrists, which move
+FIT_KEYPOINTS = (0, 1, 2, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+
+
+def fit_motion(motion, body, height, width, motion_aspect=ASPECT):
+    """Driving poses (F, 18, 2) in fractions of their own frame (width / height = motion_aspect) -> the same poses
+    moved and scaled onto the photo's body (18, 2) in fractions of the height x width frame, as the release does.
+
+    Over the fit keypoints the body shows (FIT_KEYPOINTS), the driving y of every frame is mapped to the body's y by
+    one least-squares line y' = a_y y + b_y; x is scaled so that a pixel stays square, a_x = a_y / ((1 /
+    motion_aspect) * (width / height)) in fractions, and shifted by b_x = mean(x_body - a_x x) over the same points.
+    Every keypoint moves with the same (a, b). ValueError if the body shows fewer than two fit keypoints at
+    different heights."""
+    body = np.asarray(body, dtype=np.float64)
+    seen = [i for i in FIT_KEYPOINTS if np.isfinite(body[i]).all()]
+    if len(seen) < 2 or np.ptp(body[seen, 1]) == 0:
+        raise ValueError("the body shows fewer than two of the keypoints a motion is fitted on (all but the elbows "
+                         "and wrists) at different heights")
+    y, y_body = motion[:, seen, 1].ravel(), np.tile(body[seen, 1], len(motion))  # (F * K,) each
+    a_y = ((y - y.mean()) * (y_body - y_body.mean())).sum() / ((y - y.mean()) ** 2).sum()
+    b_y = y_body.mean() - a_y * y.mean()
+    a_x = a_y / ((1 / motion_aspect) * (width / height))
+    b_x = (np.tile(body[seen, 0], len(motion)) - motion[:, seen, 0].ravel() * a_x).mean()
+    return motion * (a_x, a_y) + (b_x, b_y)
+
+
+def fitted_poses(frames, body, height, width):
+    """name -> (F, 18, 2): frame 0 the photo's own pose `body` (18, 2) (NaN: not seen, not drawn), frames 1..F-1
+    the generic motion's first F - 1 frames fitted to it (fit_motion), as the release builds a sequence from the
+    photo's pose and a driving video of F - 1 frames."""
+    body = np.asarray(body, dtype=np.float64)
+    return {name: np.concatenate([body[None], fit_motion(sequence(frames - 1), body, height, width)])
+            if frames > 1 else body[None] for name, sequence in SEQUENCES.items()}
+
+
+def read_body(path, photo_size, size):
+    """A JSON file of the photo's 18 body keypoints in KEYPOINTS' order, each [x, y] in the photo's pixels or null
+    when not seen -> (18, 2) float64 in fractions of the model's frame, NaN where not seen: the photo of
+    photo_size = (H0, W0) resized and centre-cropped to size = (H, W) as the release does (release_crop_box).
+    Anything else is a one-line ValueError."""
+    try:
+        points = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({one_line(e)})") from None
+    if not isinstance(points, list) or len(points) != len(KEYPOINTS):
+        raise ValueError(f"{path}: a JSON list of {len(KEYPOINTS)} keypoints ([x, y] or null) is expected")
+    body = np.full((len(KEYPOINTS), 2), np.nan)
+    for i, point in enumerate(points):
+        if point is None:
+            continue
+        numbers = isinstance(point, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
+        if not numbers or len(point) != 2 or not all(math.isfinite(v) for v in point):
+            raise ValueError(f"{path}: keypoint {i} ({KEYPOINTS[i]}) is {json.dumps(point)[:40]}, not [x, y] or null")
+        body[i] = point
+    (h0, w0), (height, width) = photo_size, size
+    resized_height, resized_width, top, left = release_crop_box(h0, w0, height, width)
+    body[:, 0] = (body[:, 0] * resized_width / w0 - left) / width
+    body[:, 1] = (body[:, 1] * resized_height / h0 - top) / height
+    return body
+
+
+def release_crop_box(h0, w0, height, width):
+    """(resized height, resized width, top, left): the release resizes a h0 x w0 photo to cover height x width with
+    its aspect ratio kept, the side that fits rounded up, then crops the centre (its utils/pre_process.py; the
+    offsets rounded half to even, as torchvision's centre crop rounds them)."""
+    if (h0, w0) == (height, width):
+        return height, width, 0, 0
+    if h0 / w0 < height / width:
+        resized = height, math.ceil(height / (h0 / w0))
+    else:
+        resized = math.ceil(width * (h0 / w0)), width
+    return (*resized, round((resized[0] - height) / 2), round((resized[1] - width) / 2))
 
 
 def read_poses(path, height, width, limit):

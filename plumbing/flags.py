@@ -135,6 +135,9 @@ def sample_flags(description):
     p.add_argument("--pose", metavar="POSES", help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
                    "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
                    "default: the generic 'wave' sequence of pipelines/poses.py")
+    p.add_argument("--body", metavar="JSON", help="ControlNeXt: the photo's 18 OpenPose body keypoints, a JSON list of "
+                   "[x, y] in the photo's pixels (null: not seen); the generic motion is fitted to them and starts "
+                   "from the photo's pose, as the release fits its driving poses")
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
                    help="denoising steps of the sampler (default: 25; 50 for CogVideoX); --steps is an alias, "
                         "kept for older command lines")

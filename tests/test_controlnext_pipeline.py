@@ -208,8 +208,11 @@ def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
     with Image.open(tmp_path / "v.gif") as video:
         assert video.n_frames == 5 and video.size == (64, 64)  # one frame per pose frame
     attack.main(["--image", str(photo), "--out", str(tmp_path / "g.png"), "--model", "tiny-controlnext", "--pose",
-                 str(tmp_path / "poses.gif"), "--frames", "4", "--steps", "2", "--sample-steps", "2"] + small)
+                 str(tmp_path / "poses.gif"), "--frames", "4", "--steps", "2", "--sample-steps", "2", "--preview"]
+                + small)
     report = json.loads((tmp_path / "g.json").read_text())
+    with Image.open(tmp_path / "g.preview.gif") as preview:  # photos, videos, difference, and the poses followed
+        assert preview.n_frames == 4 and preview.size == (4 * 64, 2 * 64)
     assert report["settings"]["pose"] == str(tmp_path / "poses.gif") and report["untrained_model"]
     capsys.readouterr()
     for main, args in ((attack.main, ["--out", str(tmp_path / "h.png")]),
@@ -218,7 +221,8 @@ def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
             main(["--image", str(photo), "--model", "tiny", "--pose", str(tmp_path / "poses.gif")] + args + small)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and "not a pose-conditioned model" in err and len(err.splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.png", "photo.png", "poses.gif", "v.gif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.after.gif", "g.attention.png", "g.before.gif", "g.json",
+                                                          "g.png", "g.preview.gif", "photo.png", "poses.gif", "v.gif"]
 
 
 def test_the_release_layout_loads_strictly(tmp_path, folder, networks, monkeypatch):
@@ -248,3 +252,123 @@ def test_the_release_layout_loads_strictly(tmp_path, folder, networks, monkeypat
     save_file({"conv_in.weight": torch.zeros(1)}, release / RELEASE_UNET)
     with pytest.raises(WeightsError, match=f"{RELEASE_UNET} does not match UNet: missing keys"):
         load_controlnext("controlnext")
+
+
+# ---------------------------------------------------------------- the release's photo, a reference per motion
+def release_resize_and_crop(rgb8, height, width):
+    """utils/pre_process.py written out: cover height x width keeping the aspect ratio (the fitting side rounded
+    up), bilinear without antialiasing at half-pixel centres (torchvision's tensor resize), then the centre crop
+    with offsets rounded half to even (torchvision's center_crop). (3,H0,W0) uint8 -> (3,H,W) float64, unrounded."""
+    h, w = rgb8.shape[-2:]
+    if h / w < height / width:
+        rh, rw = height, math.ceil(height / (h / w))
+    else:
+        rh, rw = math.ceil(width * (h / w)), width
+    image = rgb8.double().numpy()
+
+    def taps(out_size, in_size):  # source coordinate of each output pixel centre, clamped at the borders
+        at = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0)
+        low = np.minimum(np.floor(at).astype(int), in_size - 1)
+        return low, np.minimum(low + 1, in_size - 1), at - low
+
+    y0, y1, fy = taps(rh, h)
+    x0, x1, fx = taps(rw, w)
+    rows = image[:, y0] * (1 - fy)[:, None] + image[:, y1] * fy[:, None]
+    resized = rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+    top, left = round((rh - height) / 2.0), round((rw - width) / 2.0)
+    return torch.from_numpy(resized[:, top:top + height, left:left + width])
+
+
+@pytest.mark.parametrize("photo", [(90, 50), (40, 120), (37, 61), (128, 64), (32, 16)])
+def test_photo_is_resized_and_centre_cropped_as_the_release_does(photo):
+    from pipelines.controlnext import photo_input, release_crop
+    rgb8 = torch.randint(0, 256, (3, *photo), generator=torch.Generator().manual_seed(sum(photo)), dtype=torch.uint8)
+    expected = release_resize_and_crop(rgb8, 64, 32)
+    cropped = release_crop(rgb8[None].double(), (64, 32))[0]
+    assert max_abs_diff(f"release crop of a {photo} photo", cropped, expected) <= 1e-9
+    levels = (photo_input(rgb8, (64, 32)).double() + 1) * 127.5  # 8-bit levels, as the release's uint8 photo
+    assert (levels - levels.round()).abs().max() < 1e-4  # whole levels
+    assert (levels - expected).abs().max() <= 0.5 + 1e-4  # each the nearest level (a tie, in float32, either way)
+
+
+def test_every_piece_sees_the_cropped_photo(networks):
+    from pipelines.controlnext import photo_input, release_crop
+    svd, pose_encoder = networks
+    pipe, plain = ControlNeXtPipeline(svd, pose_encoder, [photo_and_poses(2, seed=4)[1]]), SVDPipeline(svd)
+    rgb8 = torch.randint(0, 256, (3, 80, 120), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    I = (rgb8.double() / 255)[None]  # (1, 3, 80, 120): wider than the 64x64 frame, so it is cropped
+    crop = release_crop(I, (H, W))
+    d = pipe.draw(torch.Generator().manual_seed(5), (H, W))
+    with torch.no_grad():
+        assert torch.equal(pipe.E(I, d, (H, W)), plain.E(crop, d[0], (H, W)))
+        assert torch.equal(pipe.embed(I), plain.embed(crop))
+        V = pipe.video(rgb8, size=(H, W), num_frames=2, steps=1, seed=0)
+        V_ref = generate_controlnext(svd, pose_encoder, photo_input(rgb8, (H, W)), pipe.pose_sequences[0], steps=1,
+                                     seed=0)
+    assert torch.equal(V, V_ref)
+
+
+def test_one_reference_per_motion(networks):
+    """X_0^k = E(P_k(I_src)) for each pose sequence k, and an iteration that draws k is measured against X_0^k."""
+    from attack import Objective
+    from losses import contrastive_loss
+    svd, pose_encoder = networks
+    pipe = ControlNeXtPipeline(svd, pose_encoder, [photo_and_poses(3, seed=20 + k)[1] for k in range(2)])
+    I_src = (photo_and_poses(1, seed=6)[0][None] + 1) / 2  # (1, 3, H, W) in [0, 1]
+    obj = Objective(pipe, I_src, ("con",), num_frames=3, size=(H, W), tau1=0.5, tau2=0.5, attn_blocks=(),
+                    sample_steps=2, seed=0)
+    assert obj.X_0_k.shape == (2, 3, 4, H // 8, W // 8) and torch.equal(obj.X_0, obj.X_0_k[:1])
+    with torch.no_grad():
+        for k in range(2):
+            V_k = pipe.P(I_src, size=(H, W), num_frames=3, steps=2, seed=0, motion=k)
+            assert torch.equal(obj.X_0_k[k:k + 1], pipe.encode_frames(V_k))
+        assert (obj.X_0_k[0] - obj.X_0_k[1]).abs().max() > 1e-3  # the motions' videos differ
+    g = torch.Generator().manual_seed(1)
+    draws = [obj.draw(g, step=0) for _ in range(8)]
+    assert {d[0][1] for d in draws} == {0, 1}
+    d, sigma, noise, T = next(draw for draw in draws if draw[0][1] == 1)
+    I_adv = (I_src + 0.01).clamp(0, 1)
+    with torch.no_grad():
+        X0_adv, _ = pipe.G(obj.X_0_k[1:2] + sigma * noise, sigma, pipe.E(I_adv, d, (H, W)), pipe.embed(I_adv), d)
+        expected = contrastive_loss(X0_adv, obj.X_tg, obj.X_0_k[1:2], 0.5)
+        assert torch.equal(obj(I_adv, (d, sigma, noise, T))["con"], expected)
+
+
+def test_body_flag_and_the_poses_command(tmp_path, capsys):
+    """sample.py --body follows the generic motion fitted to the photo; poses.py draws the three side by side;
+    a bad body file, or --body with --pose, is one line and status 2."""
+    from PIL import Image
+
+    import poses as poses_command
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(1).random((96, 64, 3)) * 255).astype(np.uint8)).save(photo)
+    body = [[32, 20], [32, 30], [24, 31], [20, 45], [18, 58], [40, 31], [44, 45], [46, 58], [27, 60], None, None,
+            [37, 60], None, None, [30, 17], [34, 17], [28, 18], [36, 18]]
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    small = ["--height", "64", "--width", "64"]
+    sample.main(["--image", str(photo), "--out", str(tmp_path / "v.gif"), "--model", "tiny-controlnext", "--body",
+                 str(tmp_path / "body.json"), "--frames", "3", "--steps", "1"] + small)
+    with Image.open(tmp_path / "v.gif") as video:
+        assert video.n_frames == 3 and video.size == (64, 64)
+    poses_command.main(["--body", str(tmp_path / "body.json"), "--image", str(photo), "--height", "64", "--width",
+                        "32", "--frames", "4", "--out", str(tmp_path / "p.gif")])
+    with Image.open(tmp_path / "p.gif") as drawn:
+        assert drawn.n_frames == 4 and drawn.size == (3 * 32, 64)
+    capsys.readouterr()
+    poses_command.main(["--frames", "2", "--height", "64", "--width", "32", "--out", str(tmp_path / "q.gif")])
+    assert "not fitted to the body" in capsys.readouterr().err
+    for main, args in ((sample.main, ["--image", str(photo), "--out", str(tmp_path / "w.gif"), "--model",
+                                      "tiny-controlnext", "--body", str(tmp_path / "bad.json")] + small),
+                       (sample.main, ["--image", str(photo), "--out", str(tmp_path / "w.gif"), "--model",
+                                      "tiny-controlnext", "--body", str(tmp_path / "body.json"), "--pose",
+                                      str(tmp_path / "p.gif")] + small),
+                       (sample.main, ["--image", str(photo), "--out", str(tmp_path / "w.gif"), "--model", "tiny",
+                                      "--body", str(tmp_path / "body.json")] + small),
+                       (poses_command.main, ["--body", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r.gif")])):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "--body" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "body.json", "p.gif", "photo.png", "q.gif",
+                                                          "v.gif"]

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"attack", "sample", "evaluate"}
+COMMANDS = {"attack", "sample", "evaluate", "poses"}
 # What each folder (or top-level module) may import from the project, besides itself.
 ALLOWED = {
     "model": set(),
@@ -16,6 +16,7 @@ ALLOWED = {
     "toy": {"model", "weights", "losses", "plumbing", "pipelines", "judging"},
     "attack": {"losses", "weights", "plumbing", "pipelines", "judging"},
     "sample": {"weights", "plumbing", "pipelines"},
+    "poses": {"weights", "plumbing", "pipelines"},
     "evaluate": {"attack", "model", "weights", "plumbing", "pipelines", "judging"},  # Algorithm 1 from attack.py
 }
 

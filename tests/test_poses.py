@@ -1,4 +1,6 @@
 """Pose sequences for ControlNeXt: generic motions, skeletons drawn in the release's convention, pose files."""
+import json
+import math
 import os
 
 import numpy as np
@@ -105,3 +107,91 @@ def test_read_poses_scales_16_bit_frames_and_refuses_what_is_not_a_file(tmp_path
     os.mkfifo(tmp_path / "01.png")  # reading it would block forever
     with pytest.raises(ValueError, match="01.png: not a regular file"):
         poses.read_poses(tmp_path, 16, 12, 128)
+
+
+# ---------------------------------------------------------------- motions fitted to the photo's body
+def release_rescale(driving, ref, height, width, fh, fw):
+    """The release's dwpose/preprocess.py rescale written out on keypoint arrays in fractions of their frames:
+    a degree-1 np.polyfit of the reference's y on every driving frame's y over the reference keypoints it sees
+    (all but the elbows and wrists), x scaled by ay / (fh / fw / height * width), shifted by the mean residual."""
+    ids = [i for i in (0, 1, 2, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17) if not np.isnan(ref[i]).any()]
+    ay, by = np.polyfit(driving[:, ids, 1].flatten(), np.tile(ref[ids, 1], len(driving)), 1)
+    ax = ay / (fh / fw / height * width)
+    bx = np.mean(np.tile(ref[ids, 0], len(driving)) - driving[:, ids, 0].flatten() * ax)
+    return driving * np.array([ax, ay]) + np.array([bx, by])
+
+
+def photo_body():
+    """A person seen from the knees up, off centre, in fractions of a 96x64 frame; the ankles and an ear unseen."""
+    body = poses.body(arm_raise=(20, 5))
+    body = (body - 0.5) * (0.8, 1.3) + (0.6, 0.55)
+    body[[10, 13, 17]] = np.nan
+    return body
+
+
+def test_fit_motion_is_the_release_formula():
+    body, height, width = photo_body(), 96, 64
+    for name, sequence in poses.SEQUENCES.items():
+        motion = sequence(9)
+        fitted = poses.fit_motion(motion, body, height, width)
+        expected = release_rescale(motion, body, height, width, 1024, 576)
+        np.testing.assert_allclose(fitted, expected, rtol=0, atol=1e-12, err_msg=name)
+    # on another driving frame shape and a landscape target, with every point seen
+    motion, body = poses.walk(6) * (1.0, 0.9), poses.sway(1)[0] * 0.7 + 0.1
+    np.testing.assert_allclose(poses.fit_motion(motion, body, 576, 1024, motion_aspect=16 / 9),
+                               release_rescale(motion, body, 576, 1024, 9, 16), rtol=0, atol=1e-12)
+
+
+def test_fitted_sequences_start_from_the_photo_pose():
+    body = photo_body()
+    fitted = poses.fitted_poses(5, body, 96, 64)
+    assert set(fitted) == set(poses.SEQUENCES)
+    for name, keypoints in fitted.items():
+        assert keypoints.shape == (5, 18, 2)
+        np.testing.assert_array_equal(keypoints[0], body)  # frame 0: the photo's own pose, unseen points NaN
+        np.testing.assert_allclose(keypoints[1:], poses.fit_motion(poses.SEQUENCES[name](4), body, 96, 64))
+        assert np.isfinite(keypoints[1:]).all()  # the motion's frames have every point
+    drawn = poses.generic_poses(3, 96, 64, body)
+    torch.testing.assert_close(drawn["wave"][0], poses.draw_skeleton(body, 96, 64), rtol=0, atol=0)
+
+
+def test_without_a_body_the_sequences_stay_centred_and_say_so(capsys):
+    drawn = poses.generic_poses(2, 64, 36)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "not fitted to the body" in err
+    torch.testing.assert_close(drawn["sway"][0], poses.draw_skeleton(poses.body(), 64, 36), rtol=0, atol=0)
+
+
+def test_a_body_too_small_to_fit_is_refused():
+    body = np.full((18, 2), np.nan)
+    body[[3, 4, 6]] = 0.5  # elbows and wrists only: not fit keypoints
+    body[1] = 0.3
+    with pytest.raises(ValueError, match="fewer than two"):
+        poses.fit_motion(poses.wave(3), body, 96, 64)
+
+
+def test_read_body_maps_photo_pixels_through_the_release_crop(tmp_path):
+    # a landscape 300x200 (w x h) photo into a portrait 32x64 frame: the height fits, the width is cropped;
+    # the release's arithmetic (utils/pre_process.py, torchvision's center_crop) written out here
+    h0, w0, height, width = 200, 300, 64, 32
+    ratio = h0 / w0
+    resized_h, resized_w = (height, math.ceil(height / ratio)) if ratio < height / width else \
+        (math.ceil(width * ratio), width)
+    top, left = round((resized_h - height) / 2.0), round((resized_w - width) / 2.0)
+    assert (resized_h, resized_w, top, left) == poses.release_crop_box(h0, w0, height, width) == (64, 96, 0, 32)
+    points = [[150, 100], None] + [[10 * i, 5 * i] for i in range(2, 18)]
+    (tmp_path / "body.json").write_text(json.dumps(points))
+    body = poses.read_body(tmp_path / "body.json", (h0, w0), (height, width))
+    assert body.shape == (18, 2) and np.isnan(body[1]).all()
+    np.testing.assert_allclose(body[0], ((150 * 96 / 300 - 32) / 32, (100 * 64 / 200) / 64))
+    np.testing.assert_allclose(body[5], ((50 * 96 / 300 - 32) / 32, (25 * 64 / 200) / 64))
+
+
+@pytest.mark.parametrize("text,why", [("[1, 2", "not a readable JSON"), ("[[1, 2]]", "a JSON list of 18"),
+                                      ('[[1, "a"]' + ", null" * 17 + "]", r"keypoint 0 \(nose\)"),
+                                      ("[null, [1, 2, 3]" + ", null" * 16 + "]", r"keypoint 1 \(neck\)")])
+def test_read_body_refuses_bad_files_in_one_line(tmp_path, text, why):
+    (tmp_path / "body.json").write_text(text)
+    with pytest.raises(ValueError, match=why) as error:
+        poses.read_body(tmp_path / "body.json", (100, 100), (64, 64))
+    assert "\n" not in str(error.value)

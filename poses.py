@@ -1,0 +1,71 @@
+"""Draw the pose sequences attack.py assumes for ControlNeXt-SVD-v2 (--model controlnext): the generic motions of
+pipelines/poses.py, side by side in one animated GIF or WebP. With --body, each starts from the photo's own pose
+and is fitted to its body as the release fits its driving poses; without, they are centred and start neutral.
+
+example: python poses.py --body body.json --height 576 --width 1024 --frames 14 --out poses.gif
+"""
+import sys
+from pathlib import Path
+
+import torch
+from PIL import ImageDraw, features
+
+from pipelines.controlnext import WINDOW
+from pipelines.poses import generic_poses, read_body
+from plumbing.cli import MAX_FRAMES, MAX_SIDE, Parser, check_writable, command, fail, integer, model_size, write_files
+from plumbing.photos import read_photo, to_images, video_bytes
+
+VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
+
+
+def flags():
+    p = Parser(description=__doc__)
+    p.add_argument("--out", required=True, help="the sequences side by side, .gif or .webp")
+    p.add_argument("--body", metavar="JSON", help="the photo's 18 OpenPose body keypoints, a JSON list of [x, y] in "
+                   "the photo's pixels (null: not seen); default: none, the motions centred")
+    p.add_argument("--image", help="the photo --body's pixels belong to: the release resizes and centre-crops it to "
+                   "the frame (default: --body is in pixels of the height x width frame)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE), help="frame height, a multiple of 8 (default: 1024)")
+    p.add_argument("--width", type=integer(8, MAX_SIDE), help="frame width, a multiple of 8 (default: 576)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), default=WINDOW, help="frames per sequence")
+    p.add_argument("--fps", type=integer(1, 1000), default=7, help="playback frame rate")
+    return p
+
+
+@command
+def main(argv=None):
+    args = flags().parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() not in VIDEO_FORMATS:
+        fail(f"--out must be a file ending in .gif or .webp, got {out}")
+    if out.suffix.lower() == ".webp" and not features.check("webp"):
+        fail("this Pillow cannot write WebP; use .gif")
+    if args.image and not args.body:
+        fail("--image only says whose pixels --body is in: give --body too")
+    check_writable(out.parent)
+    size = model_size(args.height, args.width, "controlnext")
+    body = None
+    if args.body:
+        try:
+            photo_size = read_photo(args.image)[0].shape[-2:] if args.image else size
+        except ValueError as e:
+            fail(f"--image {args.image}: {e}")
+        try:
+            body = read_body(args.body, photo_size, size)
+        except ValueError as e:
+            fail(f"--body: {e}")
+    sequences = generic_poses(args.frames, *size, body)
+    frames = torch.cat(list(sequences.values()), dim=-1) * 2 - 1  # (F, 3, H, K*W) in [-1, 1]
+    images = to_images(frames)
+    for im in images:
+        draw = ImageDraw.Draw(im)
+        for k, name in enumerate(sequences):
+            draw.text((k * size[1] + 3, 2), name, fill="white")
+    write_files({out: video_bytes(images, args.fps, VIDEO_FORMATS[out.suffix.lower()])})
+    fitted = "fitted to the body in " + args.body if body is not None else "centred, not fitted to a body"
+    print(f"wrote {out}: {', '.join(sequences)} side by side, {args.frames} frames of {size[0]}x{size[1]}, {fitted}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
