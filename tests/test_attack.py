@@ -220,7 +220,9 @@ def test_saved_photo_keeps_budget_size_alpha_and_is_reproducible(photo, tmp_path
     assert outs[0].read_bytes() == outs[1].read_bytes()
     report = json.loads(outs[0].with_suffix(".json").read_text())
     assert report["linf_8bit_levels"] == 8 and report["untrained_model"] is True
-    assert len(report["steps"]) == 2 and set(report["steps"][0]) == {"img", "enc", "con", "att", "total"}
+    assert len(report["steps"]) == 2 and set(report["steps"][0]) == {"img", "enc", "con", "att", "total",
+                                                                      "hinge_active"}
+    assert report["balance"][-1]["step"] == 1 and 0 <= report["con_hinge_active_share"] <= 1
     assert 0 < report["ssim"] < 1 and report["psnr_db"] > 30
 
 
