@@ -30,7 +30,7 @@ from judging.purifiers import VAERoundTrip
 from judging.transforms import differentiable, draw_eot, needs_vae
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, mean_sq, total_loss
 from pipelines import load_pipeline
-from pipelines.poses import read_poses
+from pipelines.poses import read_body, read_poses
 from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_dtype, default_low_memory, fail,
                           json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
                           text_conditioned, weights_hint, write_files)
@@ -312,7 +312,7 @@ def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to, which
     worker made them and with how many threads, and the conditions, EOT and recalibration when unused (so
     that reports made before they existed still resume)."""
-    unused = [k for k in ("eot", "pose", "prompt", "recalibrate", "averaged_maps") if not getattr(args, k)]
+    unused = [k for k in ("eot", "pose", "body", "prompt", "recalibrate", "averaged_maps") if not getattr(args, k)]
     return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", "threads", *unused)}
 
 
@@ -349,10 +349,18 @@ def main(argv=None):
             poses = [read_poses(args.pose, args.height, args.width, args.frames or MAX_FRAMES)[:MAX_FRAMES]]
         except ValueError as e:
             fail(f"--pose: {e}")
+    body = None
+    if args.body:
+        if not pose_conditioned(args.model) or args.pose or len(photos) > 1:
+            fail("--body: the keypoints of one photo, for a pose-conditioned model, without --pose")
+        try:
+            body = read_body(args.body, read_photo(photos[0])[0].shape[-2:], (args.height, args.width))
+        except ValueError as e:
+            fail(f"--body: {e}")
     worker, device = join(args.shard, parse_device(args.device))
     args.dtype = args.dtype or default_dtype(device)
     try:
-        model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses,
+        model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses, body=body,
                               prompt=args.prompt, size=(args.height, args.width), num_frames=args.frames,
                               averaged_maps=args.averaged_maps)
     except WeightsError as e:
@@ -375,7 +383,7 @@ def main(argv=None):
     failures = []
     with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
         for photo, out in bar:
-            sha256 = digest([photo, *filter(None, (args.mask, args.pose))])  # resume only on the same inputs
+            sha256 = digest([photo, *filter(None, (args.mask, args.pose, args.body))])  # resume on the same inputs
             if already_protected(out, report_settings(args), sha256):
                 bar.write(f"{photo}: done already, skipped", file=sys.stderr)
                 continue

@@ -22,11 +22,12 @@ from pipelines.svd import SVDPipeline, load_model
 from plumbing.cli import pose_conditioned, text_conditioned
 
 
-def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, prompt="", size=None, num_frames=None,
-                  averaged_maps=False):
+def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None, prompt="", size=None,
+                  num_frames=None, averaged_maps=False):
     """The adversary's pipeline for a --model name, its networks on `device` in `dtype`. A pose-conditioned
     model follows `poses`, a list of pose sequences (F,3,H,W) in [0,1], or else the generic sequences of
-    pipelines/poses.py drawn at `size` with `num_frames` frames (default: one sampling window, or the UNet's frames);
+    pipelines/poses.py drawn at `size` with `num_frames` frames (default: one sampling window, or the UNet's frames),
+    fitted to the photo's keypoints `body` (poses.read_body) if given;
     a text-conditioned one, `prompt`, and its temporal maps per token position unless averaged_maps."""
     if text_conditioned(name):
         return cogvideox.CogVideoXPipeline(cogvideox.load_by_name(name, dtype, device), prompt,
@@ -36,5 +37,5 @@ def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, prompt="",
     networks, pose_encoder = controlnext.load_by_name(name, variant, dtype, device)
     if poses is None:
         frames = num_frames or min(controlnext.WINDOW, networks.unet.config.num_frames)
-        poses = list(generic_poses(frames, *size).values())
+        poses = list(generic_poses(frames, *size, body).values())
     return controlnext.ControlNeXtPipeline(networks, pose_encoder, poses)

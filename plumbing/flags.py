@@ -81,6 +81,9 @@ def attack_flags(description):
                    help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
                         "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one "
                         "drawn per iteration (expectation over conditions)")
+    p.add_argument("--body", metavar="JSON", help="pose-conditioned models, one photo: its 18 OpenPose body keypoints, "
+                   "a JSON list of [x, y] in the photo's pixels (null: not seen); the generic sequences start from "
+                   "the photo's pose and are fitted to its body, as the release fits its driving poses")
     p.add_argument("--averaged-maps", action="store_true",
                    help="text-conditioned models (--model cogvideox): attack each block's temporal map averaged over "
                         "the token positions of a frame (one F x F map per head), not one map per position")
