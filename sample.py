@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from PIL import features
 
-from pipelines import cogvideox, controlnext
+from pipelines import cogvideox, controlnext, wan
 from pipelines import poses as pose_sequences
 from pipelines.svd import generate, load_model
 from plumbing.cli import (FAILURE, MAX_FRAMES, check_writable, choose_threads, command, default_dtype,
-                          default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, weights_hint,
+                          default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, wan_model, weights_hint,
                           write_files)
 from plumbing.files import input_files, model_folder
 from plumbing.flags import sample_flags
@@ -73,6 +73,9 @@ def main(argv=None):
     if args.pose or args.body:
         flag = "--pose" if args.pose else "--body"
         fail(f"{flag}: {args.model} is not a pose-conditioned model (--model controlnext is)")
+    if wan_model(args.model):
+        args.steps = args.steps or 50
+        return sample_with_wan(args, device, dtype, resized, out)
     if text_conditioned(args.model):
         args.steps = args.steps or 50
         return sample_with_text(args, device, dtype, resized, out)
@@ -151,6 +154,32 @@ def sample_with_text(args, device, dtype, resized, out):
                                           steps=args.steps, scheduler=args.scheduler,
                                           dynamic_guidance=args.dynamic_guidance, num_frames=num_frames,
                                           seed=args.seed, progress=True)
+    write_video(frames, args, out, frame_files)
+
+
+def sample_with_wan(args, device, dtype, resized, out):
+    """Wan2.2-TI2V-5B (pipelines/wan.py), as WanImageToVideoPipeline runs the release: 81 frames unless --frames
+    (4k + 1), guidance 5, UniPC with shift 5; image only (the empty prompt's umT5 embedding, made once, the encoder
+    freed before sampling). Sizes are multiples of 32."""
+    num_frames = args.frames or 81
+    if (num_frames - 1) % 4:
+        fail(f"--frames: Wan makes 4k + 1 frames (81, 49, ...), got {num_frames}")
+    if args.height % 32 or args.width % 32:
+        fail(f"--height and --width must be multiples of 32 for Wan, got {args.height}x{args.width}")
+    if args.prompt or args.scheduler != "ddim" or args.dynamic_guidance:
+        fail("--prompt, --scheduler and --dynamic-guidance are CogVideoX's; Wan samples the image-only setting")
+    try:
+        model = wan.load_by_name(args.model, dtype, device)
+    except WeightsError as e:
+        fail(f"{e}{weights_hint(args.model)}", FAILURE)
+    with torch.no_grad():
+        empty = wan.prompt_embeddings(model.text_encoder, *wan.prompt_ids(""))
+    model.text_encoder = None  # 10.6 GiB in bfloat16, needed once
+    frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
+                   input_files(args.image, args.pose, model_folder(args.model)))
+    frames = wan.generate_wan(model, resized, prompt_embeds=empty, negative_embeds=empty, steps=args.steps,
+                              num_frames=num_frames, seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)
 
 

@@ -10,16 +10,19 @@ Algorithm 1 (P, E, S, G: see pipelines/svd.py for what each piece is).
   CogVideoX-5B-I2V (text)          'cogvideox' (THUDM/CogVideoX-5b-I2V), a local folder with transformer/
                                    (pipelines/cogvideox.py), or 'tiny-cogvideox' (untrained, for tests); its condition
                                    is the prompt's T5 embedding, made once (empty: image only)
+  Wan2.2-TI2V-5B (text)            'wan' (Wan-AI/Wan2.2-TI2V-5B-Diffusers), a local folder whose transformer/ is a
+                                   WanTransformer3DModel (pipelines/wan.py), or 'tiny-wan' (untrained, for tests); the
+                                   photo's latent replaces frame 0; its condition is the prompt's umT5 embedding
 
 Each model's file holds its pipeline as those pieces together with its own sampler (SVD's also holds
 the conditioning that ControlNeXt reuses); poses.py draws ControlNeXt's pose sequences and tokenizer.py
 is CogVideoX's T5 tokenizer. May import: torch, the run-time packages, model/, weights.py and plumbing/.
 Nothing here imports the judging or a command.
 """
-from pipelines import cogvideox, controlnext
+from pipelines import cogvideox, controlnext, wan
 from pipelines.poses import generic_poses
 from pipelines.svd import SVDPipeline, load_model
-from plumbing.cli import pose_conditioned, text_conditioned
+from plumbing.cli import pose_conditioned, text_conditioned, wan_model
 
 
 def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None, prompt="", size=None,
@@ -29,6 +32,8 @@ def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None,
     pipelines/poses.py drawn at `size` with `num_frames` frames (default: one sampling window, or the UNet's frames),
     fitted to the photo's keypoints `body` (poses.read_body) if given;
     a text-conditioned one, `prompt`, and its temporal maps per token position unless averaged_maps."""
+    if wan_model(name):
+        return wan.WanPipeline(wan.load_by_name(name, dtype, device), prompt, averaged_maps=averaged_maps)
     if text_conditioned(name):
         return cogvideox.CogVideoXPipeline(cogvideox.load_by_name(name, dtype, device), prompt,
                                            averaged_maps=averaged_maps)

@@ -28,7 +28,8 @@ MAX_NAME_BYTES = 255  # the longest file name common file systems take (temporar
 MODEL_HELP = ("SVD img2vid: hub repo id or local folder in the official layout, 'toy' (a small SVD trained on a "
               "CPU, 64x64, 8 frames) or 'tiny' (untrained random weights: protects nothing, for tests); "
               "ControlNeXt-SVD-v2: 'controlnext', a local folder with controlnet/, or 'tiny-controlnext'; "
-              "CogVideoX-5B-I2V: 'cogvideox', a local folder with transformer/, or 'tiny-cogvideox'")
+              "CogVideoX-5B-I2V: 'cogvideox', a local folder with transformer/, or 'tiny-cogvideox'; "
+              "Wan2.2-TI2V-5B: 'wan', a local folder in its layout, or 'tiny-wan'")
 
 
 def fail(message, status=USAGE):
@@ -150,7 +151,7 @@ def default_dtype(device):
 
 def weights_hint(model):
     """What to add to a weights error for a hub model: how to try the tools without its weights."""
-    if model in ("tiny", "toy", "tiny-controlnext", "tiny-cogvideox") or Path(model).is_dir():
+    if model in ("tiny", "toy", "tiny-controlnext", "tiny-cogvideox", "tiny-wan") or Path(model).is_dir():
         return ""
     return ("; to try the tools without it: --model toy (a small trained model that runs on a CPU) "
             "or --model tiny (untrained, for tests)")
@@ -268,16 +269,29 @@ def pose_conditioned(model):
     return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").is_file()
 
 
+def wan_model(model):
+    """Whether a --model name is Wan2.2-TI2V-5B (the release, a folder whose transformer/config.json declares a
+    WanTransformer3DModel, or the tiny one)."""
+    if model in ("wan", "tiny-wan"):
+        return True
+    try:
+        text = (Path(model) / "transformer" / "config.json").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '"WanTransformer3DModel"' in text
+
+
 def text_conditioned(model):
-    """Whether a --model name is CogVideoX-5B-I2V (the release, a folder with transformer/, or the tiny one), which
-    takes a prompt (--prompt)."""
-    return model in ("cogvideox", "tiny-cogvideox") or (Path(model) / "transformer" / "config.json").is_file()
+    """Whether a --model name takes a prompt (--prompt): CogVideoX-5B-I2V (the release, a folder with transformer/,
+    or the tiny one) or Wan2.2-TI2V-5B (wan_model)."""
+    return (model in ("cogvideox", "tiny-cogvideox") or wan_model(model)
+            or (Path(model) / "transformer" / "config.json").is_file())
 
 
 def model_size(height, width, model):
     """--height/--width: the reference pipeline's 576x1024 unless given; ControlNeXt's portrait 1024x576;
-    CogVideoX's 480x720; the toy's training size (its VAE config's sample_size); 128x128 for the tiny SVD
-    and ControlNeXt, 32x32 for the tiny CogVideoX."""
+    CogVideoX's 480x720; Wan's 480x832; the toy's training size (its VAE config's sample_size); 128x128 for the
+    tiny SVD and ControlNeXt, 32x32 for the tiny CogVideoX, 64x64 for the tiny Wan."""
     if model == "toy":
         default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
     elif model in ("tiny", "tiny-controlnext"):
@@ -286,6 +300,10 @@ def model_size(height, width, model):
         default = (1024, 576)
     elif model == "tiny-cogvideox":
         default = (32, 32)
+    elif model == "tiny-wan":
+        default = (64, 64)
+    elif wan_model(model):
+        default = (480, 832)  # the release pipeline's default (native 704x1280)
     elif text_conditioned(model):
         default = (480, 720)  # the only size the release's learned position table takes
     else:
