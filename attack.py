@@ -13,7 +13,8 @@ lossless, and a JPEG re-encode would spend part of the protection before anyone 
 (docs/robustness.md measures how much survives one). A JSON report goes beside it. A photo whose report
 already records the same settings is skipped, so a rerun resumes; many photos can be shared among GPUs
 with torchrun or --shard (plumbing/shard.py). With --eot, each iteration attacks the photo as the
-adversary may receive it: recompressed, resized, blurred or noisy (judging/transforms.py).
+adversary may receive it: recompressed, resized, cropped, blurred, noisy, denoised or through the model's own
+VAE (judging/transforms.py).
 
 example: python attack.py --image examples/astronaut.png
 """
@@ -171,8 +172,8 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     attack). The weights of Eq. 4 are fidelity, alpha, beta, gamma divided by the mean absolute
     gradient of their term at the start (`calibrate`), and again every `recalibrate` steps if it is not 0.
     The log's "balance" gives each term's share of the weighted gradient at those points and at the last
-    step: which term drove the attack. `eot` names the kinds of transformation
-    (transforms.EOT_KINDS) of which one, or none, is drawn per iteration and applied to I_adv before
+    step: which term drove the attack. `eot` names the EOT items (transforms.parse_eot: kinds, transformations
+    with their values, chains) of which one, or none, is drawn per iteration and applied to I_adv before
     the adversary's pipeline (expectation over transformations); the calibration draws them too.
 
     Where the perturbation lives (`perturb_at`): "photo", at the photo's own pixels, as Algorithm 1 has it;
