@@ -7,8 +7,9 @@
 #   3. attack.py on examples/astronaut.png at 576x1024, 14 frames, 50 iterations, on random
 #      official-size weights: wall time and peak memory;
 #   4. sample.py, 25 steps, on the same weights: wall time;
-#   5. benchmarks/cogvideox_iteration.py: one attack iteration against CogVideoX-5B-I2V at 480x720x49 in
-#      bfloat16 on random official-size weights, with and without --low-memory: seconds and peak memory.
+#   5. benchmarks/dit_iteration.py: one attack iteration against CogVideoX-5B-I2V at 480x720x49 in
+#      bfloat16 on random official-size weights, with and without --low-memory: seconds and peak memory;
+#   6. the same against Wan2.2-TI2V-5B at 480x832x49.
 # --dry-run does every step on the CPU at small sizes, so that the script is tested without a GPU.
 #
 #   benchmarks/gpu_check.sh [--dry-run] [SUMMARY.md]        (PYTHON=... picks the interpreter)
@@ -26,12 +27,12 @@ if $dry_run; then
   device=cpu; tests=(-k bf16); size=mid
   bench=(--size mid --device cpu --dtype float32 --modes default --rounds 1 --iters 1)
   video=(--height 64 --width 64 --frames 4 --sample-steps 2); iterations=2
-  cogvideox=(--size tiny --device cpu --dtype float32 --iters 1)
+  dit=(--size tiny --device cpu --dtype float32 --iters 1)
 else
   device=cuda; tests=(); size=official
   bench=(--size official --device cuda --dtype bfloat16 --modes default,memory --rounds 1 --iters 3)
   video=(--height 576 --width 1024 --frames 14 --sample-steps 25); iterations=50
-  cogvideox=(--size official --device cuda --dtype bfloat16 --iters 2)
+  dit=(--size official --device cuda --dtype bfloat16 --iters 2)
 fi
 failed=0
 
@@ -78,7 +79,9 @@ peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB, low memory {r['settings'][
 step "4. A video from examples/astronaut.png" "$python" sample.py --image examples/astronaut.png \
   --out "$work/astronaut.gif" "${video[@]}" "${model[@]}"
 step "5. One attack iteration against CogVideoX-5B-I2V (random weights)" \
-  "$python" benchmarks/cogvideox_iteration.py "${cogvideox[@]}"
+  "$python" benchmarks/dit_iteration.py --model cogvideox "${dit[@]}"
+step "6. One attack iteration against Wan2.2-TI2V-5B (random weights)" \
+  "$python" benchmarks/dit_iteration.py --model wan "${dit[@]}"
 
 echo "Summary: $summary" >&2
 exit $failed

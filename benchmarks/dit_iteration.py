@@ -1,11 +1,13 @@
-"""One attack iteration against CogVideoX-5B-I2V at its official size (480x720, 49 frames, bfloat16), on
-RANDOM weights of the official shapes (no download): seconds per iteration and peak memory, with and
-without --low-memory. The prompt is the empty one, embedded by a one-layer T5 of the release's width
-(its embedding has the real shape; its values do not matter for time and memory). V_0 is random frames,
-so no 50-step sampling run is timed. --size tiny runs the same on the tiny random CogVideoX, on a CPU.
+"""One attack iteration against a DiT at its official size on RANDOM weights of the official shapes (no
+download): CogVideoX-5B-I2V at 480x720x49 or Wan2.2-TI2V-5B at 480x832x49, bfloat16; seconds per iteration
+and peak memory, with and without --low-memory. The prompt is the empty one, embedded by a one-layer text
+encoder of the release's width (its embedding has the real shape; its values do not matter for time and
+memory). V_0 is random frames, so no 50-step sampling run is timed. --size tiny runs the same on the tiny
+random networks, on a CPU.
 
-    python benchmarks/cogvideox_iteration.py --device cuda            # about 11 GB of weights in bf16
-    python benchmarks/cogvideox_iteration.py --size tiny --device cpu --dtype float32
+    python benchmarks/dit_iteration.py --model cogvideox --device cuda      # about 11 GB of weights in bf16
+    python benchmarks/dit_iteration.py --model wan --device cuda            # about 12 GB
+    python benchmarks/dit_iteration.py --model wan --size tiny --device cpu --dtype float32
 """
 import argparse
 import sys
@@ -20,17 +22,23 @@ from attack import TERMS, Objective  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, CogVideoXVAE, CogVideoXVAEConfig  # noqa: E402
 from model.t5 import T5Config, T5Encoder  # noqa: E402
-from pipelines.cogvideox import CogVideoX, CogVideoXPipeline, tiny_cogvideox
+from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanVAE, WanVAEConfig  # noqa: E402
+from pipelines.cogvideox import CogVideoX, CogVideoXPipeline, tiny_cogvideox  # noqa: E402
+from pipelines.wan import Wan, WanPipeline, tiny_wan  # noqa: E402
 
 
-def random_official(dtype, device):
-    """The release's transformer and VAE with random weights, built on the device directly."""
+def random_official(model, dtype, device):
+    """The release's transformer and VAE with random weights and a one-layer text encoder, built on the device
+    (Wan's 48 latent statistics are stand-ins: only shapes count)."""
     with torch.device(device):
-        transformer = CogVideoXTransformer(CogVideoXTransformerConfig()).to(dtype)
-        vae = CogVideoXVAE(CogVideoXVAEConfig()).to(dtype)
-        t5 = T5Encoder(T5Config(num_layers=1)).to(dtype)
-    nets = (m.eval().requires_grad_(False) for m in (transformer, vae, t5))
-    return CogVideoX(*nets, "random official-size weights")
+        if model == "cogvideox":
+            nets = CogVideoXTransformer(CogVideoXTransformerConfig()), CogVideoXVAE(CogVideoXVAEConfig()), \
+                T5Encoder(T5Config(num_layers=1))
+        else:
+            nets = WanTransformer(), WanVAE(WanVAEConfig(latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48)), \
+                UMT5Encoder(UMT5Config(num_layers=1))
+    nets = (m.to(dtype).eval().requires_grad_(False) for m in nets)
+    return (CogVideoX if model == "cogvideox" else Wan)(*nets, "random official-size weights")
 
 
 def peak(device):
@@ -39,6 +47,7 @@ def peak(device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["cogvideox", "wan"], default="cogvideox")
     p.add_argument("--size", choices=["official", "tiny"], default="official")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
@@ -49,16 +58,17 @@ def main():
     if args.size == "tiny":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            networks = tiny_cogvideox(0, dtype, device)
-        size, frames = (32, 32), networks.transformer.config.sample_frames
+            networks = (tiny_cogvideox if args.model == "cogvideox" else tiny_wan)(0, dtype, device)
+        size, frames = ((32, 32), networks.transformer.config.sample_frames) if args.model == "cogvideox" \
+            else ((64, 64), 9)
     else:
-        networks = random_official(dtype, device)
-        size, frames = (480, 720), 49
-    model = CogVideoXPipeline(networks)
+        networks = random_official(args.model, dtype, device)
+        size, frames = ((480, 720) if args.model == "cogvideox" else (480, 832)), 49
+    model = (CogVideoXPipeline if args.model == "cogvideox" else WanPipeline)(networks)
     g = torch.Generator().manual_seed(0)
     I_src = torch.rand(1, 3, *size, generator=g).to(device)
     V_0 = (torch.rand(frames, 3, *size, generator=g) * 2 - 1).to(device)
-    print(f"CogVideoX, {args.size} size {size[0]}x{size[1]}x{frames}, {args.dtype} on {device}")
+    print(f"{args.model}, {args.size} size {size[0]}x{size[1]}x{frames}, {args.dtype} on {device}")
     print("| mode | seconds per iteration | peak memory (GiB) |\n|---|---:|---:|")
     for mode in args.modes.split(","):
         model.low_memory(mode == "memory")
