@@ -19,4 +19,5 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     for heading in ("## 1. ", "## 2. ", "## 3. ", "## 4. ", "## 5. ", "## 6. "):
         assert heading in text
     assert "ours/diffusers time" in text and "Protection: " in text and "3 passed" in text
-    assert text.count("| memory | ") == 2 and text.count("| default | ") == 2  # CogVideoX's and Wan's, both modes
+    for dit in text.split("## 5. ")[1].split("## 6. "):  # CogVideoX's iteration, then Wan's: both modes
+        assert "| memory | " in dit and "| default | " in dit
