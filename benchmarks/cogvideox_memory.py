@@ -150,24 +150,28 @@ class SavedBytes:
 
 
 @contextmanager
-def patched(saved):
-    """The GPU's attention, the checkpoints counted, the frame-attention maps charged to their own part."""
-    real_map = transformer_module.frame_attention_map
+def patched(saved, module=transformer_module, attention=("JointAttention", "joint_attention"), flash=None):
+    """The GPU's attention, the checkpoints counted, the frame-attention maps charged to their own part:
+    `module` is the transformer's module, `attention` its attention class and the method that attends,
+    `flash` what replaces that method (flash_attention above by default)."""
+    real_map = module.frame_attention_map
+    cls, method = getattr(module, attention[0]), attention[1]
 
     def frame_attention_map(*args, **kwargs):
         with saved.maps_part():
             return real_map(*args, **kwargs)
 
-    old = (transformer_module.JointAttention.joint_attention, layers.checkpoint, frame_attention.checkpoint)
-    transformer_module.JointAttention.joint_attention = flash_attention
+    old = (getattr(cls, method), layers.checkpoint, frame_attention.checkpoint)
+    setattr(cls, method, flash or flash_attention)
     layers.checkpoint = saved.checkpoint(layers.checkpoint)
     frame_attention.checkpoint = saved.checkpoint(frame_attention.checkpoint)
-    transformer_module.frame_attention_map = frame_attention_map
+    module.frame_attention_map = frame_attention_map
     try:
         yield
     finally:
-        (transformer_module.JointAttention.joint_attention, layers.checkpoint, frame_attention.checkpoint) = old
-        transformer_module.frame_attention_map = real_map
+        setattr(cls, method, old[0])
+        layers.checkpoint, frame_attention.checkpoint = old[1:]
+        module.frame_attention_map = real_map
         for handle in saved.handles:
             handle.remove()
 

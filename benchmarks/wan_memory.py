@@ -15,16 +15,14 @@ head dim 128), not the math path the meta device would take (24 x 5,070^2 x 4 B 
 """
 import argparse
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import model.cogvideox.frame_attention as frame_attention  # noqa: E402
-import model.layers as layers  # noqa: E402
 import model.wan.transformer as transformer_module  # noqa: E402
 from attack import TERMS, Objective  # noqa: E402
+import cogvideox_memory  # noqa: E402
 from cogvideox_memory import GiB, PARTS, LiveBytes, SavedBytes, nbytes, storage_key  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.wan import UMT5Encoder, WanTransformer, WanVAE, WanVAEConfig  # noqa: E402
@@ -50,27 +48,9 @@ class WanSavedBytes(SavedBytes):
             del networks.transformer.transformer_blocks
 
 
-@contextmanager
 def patched(saved):
-    """The GPU's attention, the checkpoints counted, the frame-attention maps charged to their own part."""
-    real_map = transformer_module.frame_attention_map
-
-    def frame_attention_map(*args, **kwargs):
-        with saved.maps_part():
-            return real_map(*args, **kwargs)
-
-    old = (transformer_module.Attention.attend, layers.checkpoint, frame_attention.checkpoint)
-    transformer_module.Attention.attend = flash_attention
-    layers.checkpoint = saved.checkpoint(layers.checkpoint)
-    frame_attention.checkpoint = saved.checkpoint(frame_attention.checkpoint)
-    transformer_module.frame_attention_map = frame_attention_map
-    try:
-        yield
-    finally:
-        (transformer_module.Attention.attend, layers.checkpoint, frame_attention.checkpoint) = old
-        transformer_module.frame_attention_map = real_map
-        for handle in saved.handles:
-            handle.remove()
+    """cogvideox_memory.patched for Wan's transformer, whose self-attention attends in Attention.attend."""
+    return cogvideox_memory.patched(saved, transformer_module, ("Attention", "attend"), flash_attention)
 
 
 def meta_networks(dtype):
