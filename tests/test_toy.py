@@ -1,7 +1,7 @@
 """The trained toy SVD in toy/weights: it loads strictly through load_svd like the real model, the
 commands take it with its own resolution and frames, and protection protects on it: on two held-out
-photos the video made from the i2vguard photo is further from V_0 than the video made from random
-+-eps noise of the same L_inf."""
+photos, with videos made at a seed the attack never used, the video made from the i2vguard photo is
+further from V_0 than the video made from random +-eps noise of the same L_inf."""
 import json
 
 import numpy as np
@@ -18,9 +18,11 @@ from weights import TOY_MODEL, load_svd
 
 EXAMPLES = TOY_MODEL.parents[1] / "examples"
 SIZE, STEPS, SAMPLE_STEPS = (64, 64), 20, 10
-# Measured with these settings (the test prints the figures): i2vguard's video is 19.9 dB (astronaut_face)
-# and 23.0 dB (chelsea) further from V_0 than random-sign's; the margin asked is half the smaller gap.
-MARGIN_DB = 10.0
+ATTACK_SEED, VIDEO_SEED = 0, 1  # the videos that judge are made with randomness the attack never saw
+# Measured with these settings on the shipped toy (the test prints the figures): i2vguard's video is 16.39 dB
+# (astronaut_face: 29.84 against 46.23) and 16.09 dB (chelsea: 29.49 against 45.58) further from V_0 than
+# random-sign's; the margin asked is half the smaller gap.
+MARGIN_DB = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,9 @@ def toy():
 
 
 def video_of(svd, rgb8):
-    """The toy's video of an 8-bit photo, as the adversary makes it (fixed seed)."""
-    return generate(svd, model_input(rgb8, SIZE), steps=SAMPLE_STEPS, seed=0, clip_image=rgb8.float() / 127.5 - 1)
+    """The toy's video of an 8-bit photo, as the adversary makes it, at VIDEO_SEED."""
+    return generate(svd, model_input(rgb8, SIZE), steps=SAMPLE_STEPS, seed=VIDEO_SEED,
+                    clip_image=rgb8.float() / 127.5 - 1)
 
 
 def mean_psnr(video, reference):
@@ -52,7 +55,7 @@ def test_i2vguard_moves_the_video_further_than_random_noise(toy, name):
     psnr_to_V_0 = {}
     for method in ("i2vguard", "random-sign"):
         I_adv, _ = protect(SVDPipeline(toy), rgb8.float() / 255, method=method, steps=STEPS, size=SIZE,
-                           sample_steps=SAMPLE_STEPS, seed=0)
+                           sample_steps=SAMPLE_STEPS, seed=ATTACK_SEED)
         psnr_to_V_0[method] = mean_psnr(video_of(toy, quantise(rgb8, I_adv, 8 / 255, None)), V_0)
     print(f"\n{name}: video PSNR to V_0, " + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr_to_V_0.items()))
     assert psnr_to_V_0["random-sign"] - psnr_to_V_0["i2vguard"] > MARGIN_DB
@@ -69,6 +72,7 @@ def test_attack_command_takes_the_toy_at_its_own_size(tmp_path):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["model"] == "toy" and report["untrained_model"] is False
     assert report["settings"]["height"] == 64 and report["settings"]["frames"] == 8
-    assert report["settings"]["attn_blocks"] == ["down_blocks.2.attentions.0"]
+    assert report["settings"]["attn_blocks"] == ["down_blocks.1.attentions.0"]
+    assert report["video_seed"] == 1  # the report's video check: a seed the attack (seed 0) did not use
     assert np.asarray(Image.open(out)).shape == (128, 128, 3)
     assert out.with_suffix(".attention.png").is_file()
