@@ -311,10 +311,11 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
 
 def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to, which
-    worker made them and with how many threads, and the conditions, EOT and recalibration when unused (so
-    that reports made before they existed still resume)."""
+    worker made them, how long it waited for the others and with how many threads, and the conditions, EOT
+    and recalibration when unused (so that reports made before they existed still resume)."""
     unused = [k for k in ("eot", "pose", "body", "prompt", "recalibrate", "averaged_maps") if not getattr(args, k)]
-    return {k: v for k, v in vars(args).items() if k not in ("image", "out", "shard", "threads", *unused)}
+    ignored = ("image", "out", "shard", "join_timeout", "threads", *unused)
+    return {k: v for k, v in vars(args).items() if k not in ignored}
 
 
 @command
@@ -358,7 +359,7 @@ def main(argv=None):
             body = read_body(args.body, read_photo(photos[0])[0].shape[-2:], (args.height, args.width))
         except ValueError as e:
             fail(f"--body: {e}")
-    worker, device = join(args.shard, parse_device(args.device))
+    worker, device = join(args.shard, parse_device(args.device), args.join_timeout)
     args.dtype = args.dtype or default_dtype(device)
     try:
         model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses, body=body,

@@ -264,7 +264,7 @@ def main(argv=None):
     if args.seed in args.video_seeds:
         fail(f"--video-seeds must leave out the attack's --seed {args.seed}: protection is judged on videos "
              "made with randomness the attack never saw")
-    worker, device = join(args.shard, parse_device(args.device))
+    worker, device = join(args.shard, parse_device(args.device), args.join_timeout)
     args.dtype = args.dtype or default_dtype(device)
     try:
         svd = load_model(args.model, device, getattr(torch, args.dtype), args.variant)

@@ -7,7 +7,7 @@ import torch
 
 from judging.transforms import PURIFY, parse_eot, parse_list
 from plumbing.cli import MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, integer, number, variant
-from plumbing.shard import parse_shard
+from plumbing.shard import JOIN_TIMEOUT_S, parse_shard
 from weights import DEFAULT_MODEL
 
 DINO_SOURCE = "facebook/dino-vitb16"
@@ -122,6 +122,9 @@ def attack_flags(description):
     p.add_argument("--shard", type=parse_shard, metavar="K/N",
                    help="protect only the K-th of N shares of the photos (a Slurm array task); under torchrun "
                         "each worker takes its part of that share")
+    p.add_argument("--join-timeout", type=integer(1), default=JOIN_TIMEOUT_S, metavar="SECONDS",
+                   help="under torchrun, how long a worker waits for the others to start before it gives up "
+                        f"(default: {JOIN_TIMEOUT_S}); Ctrl-C ends the wait")
     return p
 
 
@@ -233,6 +236,9 @@ def evaluate_flags(description, methods, default_methods):
     p.add_argument("--shard", type=parse_shard, metavar="K/N",
                    help="evaluate only the K-th of N shares of the photos (a Slurm array task), without making "
                         "the tables (see --merge-only); under torchrun each worker takes its part of that share")
+    p.add_argument("--join-timeout", type=integer(1), default=JOIN_TIMEOUT_S, metavar="SECONDS",
+                   help="under torchrun, how long a worker waits for the others to start before it gives up "
+                        f"(default: {JOIN_TIMEOUT_S}); Ctrl-C ends the wait")
     p.add_argument("--merge-only", action="store_true",
                    help="evaluate nothing: make the tables from the photo folders in --out (those of --image "
                         "when given), after --shard runs")

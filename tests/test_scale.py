@@ -5,15 +5,18 @@ torchrun evaluate.py writes one table over all the photos, which --merge-only re
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_hardening import run, run_both
+from test_hardening import refused, run, run_both
 
 import attack
 import evaluate
@@ -140,3 +143,41 @@ def test_a_rank_outside_the_world_is_refused_at_once(monkeypatch, capsys, rank, 
     with pytest.raises(SystemExit) as e:
         join(None, torch.device("cpu"))
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_missing_rank_0_ends_the_wait_at_the_join_timeout(photos, tmp_path, monkeypatch, capsys):
+    """Rank 1 of 2 with no rank 0 to hold the store: after --join-timeout, one line, status 1, nothing written."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    start = time.monotonic()
+    error = refused(attack.main, ["--image", photos, "--out", tmp_path / "out", "--join-timeout", "2"] + ATTACK,
+                    tmp_path, capsys, 1)
+    assert "cannot reach the workers' store" in error and time.monotonic() - start < 30
+
+
+def test_ctrl_c_ends_the_wait_for_a_missing_peer(photos, tmp_path):
+    """Rank 0 of 2 holds the store and waits for a rank 1 that never starts: Ctrl-C ends the wait at once
+    (status 130, one error line, no traceback, nothing written), long before the join timeout."""
+    env = os.environ | {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                        "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "attack.py", "--image", str(photos), "--out", str(out)]
+                               + [str(a) for a in ATTACK], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "waiting up to 600 s (--join-timeout)" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        status, err = process.wait(timeout=30), process.stderr.read()
+    finally:
+        process.kill()
+    assert status == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        "attack.py: error: interrupted (Ctrl-C); the outputs finished before it are complete, nothing else was written"]
+    assert not out.exists()
