@@ -18,6 +18,10 @@ VAE (judging/transforms.py).
 
 example: python attack.py --image examples/astronaut.png
 """
+if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+    from plumbing.starting import quiet_start
+    quiet_start()
+
 import sys
 import time
 

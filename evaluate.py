@@ -19,6 +19,10 @@ worker is done, or, after --shard runs, by --merge-only.
 
 example: python evaluate.py --image photos/ --out results/
 """
+if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+    from plumbing.starting import quiet_start
+    quiet_start()
+
 import json
 import sys
 import time

@@ -4,6 +4,10 @@ and is fitted to its body as the release fits its driving poses; without, they a
 
 example: python poses.py --body body.json --height 576 --width 1024 --frames 14 --out poses.gif
 """
+if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+    from plumbing.starting import quiet_start
+    quiet_start()
+
 import sys
 from pathlib import Path
 

@@ -7,6 +7,10 @@ entry point, turns them off.
 
 example: python sample.py --image photo.jpg --out video.gif --seed 0
 """
+if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+    from plumbing.starting import quiet_start
+    quiet_start()
+
 import sys
 from pathlib import Path
 

@@ -45,7 +45,8 @@ def command(main):
     @functools.wraps(main)
     def run(argv=None):
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+        if main_thread:  # Ctrl-C raises KeyboardInterrupt again (plumbing/starting.py held it while importing)
+            previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return main(argv)
         except KeyboardInterrupt:
@@ -58,7 +59,8 @@ def command(main):
             fail(one_line(e), FAILURE)
         finally:
             if main_thread:
-                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
     return run
 
 

@@ -386,6 +386,24 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(photo, tmp_path, cap
     assert "interrupted" in refused(main, args, tmp_path, capsys, 130)
 
 
+@pytest.mark.parametrize("command", ["attack.py", "sample.py", "evaluate.py", "poses.py"])
+def test_ctrl_c_while_the_modules_import_is_one_line(command):
+    """Ctrl-C during the first second, while torch imports: status 130 and one line, not a traceback.
+    Python's -X importtime names each module as it is imported, so the signal is sent once torch's begin."""
+    process = subprocess.Popen([sys.executable, "-X", "importtime", command, "--help"], cwd=ROOT, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for line in process.stderr:
+            if line.split("|")[-1].strip() == "torch._utils_internal":  # among torch's first modules
+                break
+        process.send_signal(signal.SIGINT)
+        status, err = process.wait(timeout=60), process.stderr.read()
+    finally:
+        process.kill()
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert status == 130 and lines == [f"{command}: error: interrupted (Ctrl-C) while starting; nothing was written"]
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does(photo, tmp_path, capsys, monkeypatch):
     """Slurm's SIGTERM (at a cancel or the time limit): one line, status 143, nothing half written, and the
     handler the command found is back afterwards."""
