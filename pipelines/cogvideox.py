@@ -212,7 +212,12 @@ def prompt_ids(prompt, length=TEXT_LENGTH, token_ids=None):
 def prompt_embeddings(text_encoder, token_ids):
     """The prompt embeddings (B, L, 4096) of token ids (B, L), in the encoder's dtype: its last hidden state run
     WITHOUT an attention mask, padding included, as the pipeline runs it. Call it under torch.no_grad(); the
-    encoder is needed only once per prompt, so the caller may drop it afterwards."""
+    encoder is needed only once per prompt, so the caller may drop it afterwards. A tokenizer file whose ids
+    pass the encoder's vocabulary does not belong with it: a WeightsError."""
+    vocabulary = text_encoder.config.vocab_size
+    if int(token_ids.max()) >= vocabulary:
+        raise WeightsError(f"the tokenizer gives token id {int(token_ids.max())}, beyond the text encoder's "
+                           f"{vocabulary} embeddings: tokenizer/spiece.model and text_encoder/ do not belong together")
     param = next(text_encoder.parameters())
     return text_encoder(token_ids.to(param.device))
 

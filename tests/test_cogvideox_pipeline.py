@@ -22,7 +22,9 @@ from oracles import max_abs_diff
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 
-from pipelines.cogvideox import CogVideoX, generate_cogvideox, load_cogvideox, prompt_embeddings, prompt_ids
+from model.t5 import T5Encoder
+from pipelines.cogvideox import (TINY_T5, CogVideoX, generate_cogvideox, load_cogvideox, prompt_embeddings,
+                                 prompt_ids)
 from weights import WeightsError
 
 TOL = 1e-3
@@ -91,6 +93,15 @@ def test_prompt_ids():
     assert prompt_ids("a photo", 6, [5, 17, 42, 1]).tolist() == [[5, 17, 42, 1, 0, 0]]
     with pytest.raises(ValueError, match="needs its token ids"):
         prompt_ids("a photo")
+
+
+def test_token_ids_beyond_the_vocabulary_are_the_files_fault():
+    """A tokenizer file with more pieces than the text encoder has embeddings: a WeightsError, not an IndexError."""
+    encoder = T5Encoder(TINY_T5)
+    with torch.no_grad():
+        assert prompt_embeddings(encoder, prompt_ids("a photo", 8, [5, 98, 1])).shape == (1, 8, TINY_T5.d_model)
+        with pytest.raises(WeightsError, match="token id 99, beyond the text encoder's 99 embeddings"):
+            prompt_embeddings(encoder, prompt_ids("a photo", 8, [5, 99, 1]))
 
 
 @pytest.mark.parametrize("scheduler, dynamic", [("ddim", False), ("dpm", False), ("ddim", True)])

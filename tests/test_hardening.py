@@ -499,7 +499,7 @@ def test_image_and_sample_steps_mean_the_same_everywhere(photo, tmp_path, capsys
     assert "--photos" in text  # evaluate keeps its old name for --image
 
 
-# ---------------------------------------------------------------- 12. inputs beyond the photos, and stale results
+# ---------------------------------------------------------------- 13. inputs beyond the photos, and stale results
 def test_outputs_never_touch_a_model_folder_or_a_pose_sequence(photo, tmp_path, capsys):
     """Every input, not only the photos: the files of a local model folder and of a pose sequence."""
     model = tmp_path / "model"
