@@ -85,7 +85,7 @@ class Objective:
                 # Encode frames X_0, X_tg = E(V_0), E(V_tg), with V_tg black frames
                 self.X_0_k = torch.cat([model.encode_frames(V) for V in V_0])  # (K, F, C, h, w): X_0^k per motion k
                 self.X_0 = self.X_0_k[:1]  # (1, F, C, h, w): motion 0's, which P and video follow by default
-                self.X_tg = model.encode_frames(-torch.ones_like(V_0[0, :1])).expand_as(self.X_0)
+                self.X_tg = model.encode_frames(-torch.ones_like(V_0[0]))  # a causal video VAE's latent frames differ
 
     def draw(self, generator, step=None):
         """Fresh randomness for one iteration: the pipeline's own (e.g. its noise augmentation), a noise

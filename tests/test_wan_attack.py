@@ -151,3 +151,12 @@ def test_distances_vanish_at_the_source(I_src):
 def test_tiny_is_said_to_be_untrained(capsys):
     networks = load_by_name("tiny-wan", torch.float32)
     assert networks.untrained and "UNTRAINED" in capsys.readouterr().err
+
+
+def test_l_con_target_is_the_black_video_s_latents(model, I_src):
+    """X_tg = E(V_tg) for a black video V_tg: through the causal VAE its later latent frames are not frame 0's."""
+    X_tg = objective(model, I_src, ("con",)).X_tg
+    frame_0 = model.encode_frames(-torch.ones(1, 3, *SIZE))  # (1, z, 1, h, w)
+    assert torch.equal(X_tg, model.encode_frames(-torch.ones(FRAMES, 3, *SIZE)))
+    assert torch.equal(X_tg[:, :, :1], frame_0) and (X_tg[:, :, 1:] - frame_0).abs().max() > 0.1
+
