@@ -45,8 +45,9 @@ def command(main):
     @functools.wraps(main)
     def run(argv=None):
         main_thread = threading.current_thread() is threading.main_thread()
-        if main_thread:  # Ctrl-C raises KeyboardInterrupt again (plumbing/starting.py held it while importing)
-            previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, signal.default_int_handler)
+        if main_thread:  # and Ctrl-C raises KeyboardInterrupt again (starting.py quieted it while importing)
+            previous = (signal.signal(signal.SIGTERM, terminate),
+                        signal.signal(signal.SIGINT, signal.default_int_handler))
         try:
             return main(argv)
         except KeyboardInterrupt:

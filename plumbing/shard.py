@@ -77,8 +77,8 @@ class Worker:
             self.wait_for_all()
             self.store.add("left", 1)
             if self.rank == 0:
-                meet(self.store, "left", self.world, STORE_OP_TIMEOUT.total_seconds(), "the other workers did not leave",
-                     count_in=False)
+                meet(self.store, "left", self.world, STORE_OP_TIMEOUT.total_seconds(),
+                     "the other workers did not leave", count_in=False)
 
 
 def meet(store, key, world, timeout_s, problem, count_in=True):
