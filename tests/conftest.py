@@ -18,9 +18,10 @@ import torch  # noqa: E402
 
 from plumbing.cli import choose_threads  # noqa: E402
 
-# As the commands do: a thread per free core (both on a quiet 2-core machine, the fastest there), one
-# when the machine is busy, where threads waiting for each other made the suite several times slower.
-choose_threads()
+# As the commands do: a thread per free core, one when the machine is busy, where threads waiting for each
+# other made the suite several times slower. Under pytest-xdist (-n) the cores are shared among its workers.
+workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+choose_threads(max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else None)
 
 
 @pytest.fixture(autouse=True)
