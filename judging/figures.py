@@ -6,6 +6,7 @@ Both passes denoise the same noisy latents of the source's video at the middle n
 sampling schedule, with the same draw of the pipeline's randomness, so the maps differ only through the photo.
 """
 import io
+import math
 
 import numpy as np
 import torch
@@ -117,6 +118,11 @@ def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
     side_by_side = to_images(grid)
     columns = len(labels) // 2
     w, h = side_by_side[0].width // columns, side_by_side[0].height // 2
+    # panels narrower than their labels (the toy's 64 pixels) are enlarged, pixels kept sharp, until every label fits
+    widest = max(ImageDraw.Draw(side_by_side[0]).textlength(label) for label in labels) + 8
+    if (scale := math.ceil(widest / w)) > 1:
+        side_by_side = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in side_by_side]
+        w, h = w * scale, h * scale
     labels = [(k % columns * w, k // columns * h, label) for k, label in enumerate(labels)]
     for im in side_by_side:
         draw = ImageDraw.Draw(im)

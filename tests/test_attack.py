@@ -290,8 +290,9 @@ def test_command_line_end_to_end(tmp_path):
 def test_preview_writes_before_after_and_side_by_side(photo, tmp_path):
     out = tmp_path / "p.guarded.png"
     assert run(["--image", str(photo), "--out", str(out), "--preview", *TINY]) == 0
-    # the preview: source, guarded and their amplified difference across; photos above, videos below
-    for suffix, size in ((".before.gif", (64, 64)), (".after.gif", (64, 64)), (".preview.gif", (3 * 64, 2 * 64))):
+    # the preview: source, guarded and their amplified difference across; photos above, videos below; its 64-pixel
+    # panels enlarged twice over, so that their labels ("its video (seed 1)") fit
+    for suffix, size in ((".before.gif", (64, 64)), (".after.gif", (64, 64)), (".preview.gif", (3 * 128, 2 * 128))):
         with Image.open(out.with_suffix(suffix)) as gif:
             assert gif.size == size and gif.n_frames == 3
     with Image.open(out.with_suffix(".attention.png")) as figure:  # a row per attacked block: Fig. 3

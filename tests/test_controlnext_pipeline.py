@@ -212,7 +212,7 @@ def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
                 + small)
     report = json.loads((tmp_path / "g.json").read_text())
     with Image.open(tmp_path / "g.preview.gif") as preview:  # photos, videos, difference, and the poses followed
-        assert preview.n_frames == 4 and preview.size == (4 * 64, 2 * 64)
+        assert preview.n_frames == 4 and preview.size == (4 * 128, 2 * 128)  # panels enlarged 2x
     assert report["settings"]["pose"] == str(tmp_path / "poses.gif") and report["untrained_model"]
     capsys.readouterr()
     for main, args in ((attack.main, ["--out", str(tmp_path / "h.png")]),
