@@ -19,6 +19,7 @@ import torch
 
 from model import VAE, CLIPImageEncoder, UNet
 from pipelines.svd import generate
+from plumbing.files import list_photos
 from plumbing.photos import model_input, read_photo, to_images, video_bytes
 from toy.data import ClipMaker, load_photos, motion_bucket
 from weights import SVD, TOY_MODEL, load_svd
@@ -99,7 +100,7 @@ def main(argv=None):
              (maker.make(1, torch.Generator().manual_seed(10**6 + k)) for k in range(args.clips))]
     with torch.no_grad():
         clip_table = clip_scores({"toy": toy, "untrained": untrained_like(toy)}, clips, args.steps)
-        photos = sorted(EXAMPLES.glob("*.png"))
+        photos = list_photos([EXAMPLES])  # the held-out photos, not what the commands wrote beside them
         photo_table, videos = photo_scores(toy, photos, args.steps, (size, size))
         for name, score in autoencoder_scores(toy.vae, photos, (size, size)).items():
             photo_table[name]["autoencoder_psnr"] = score
