@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from judging.figures import preview
-from judging.metrics import held_out_seeds, psnr, ssim, video_distance
+from judging.metrics import held_out_seeds, video_distance
 from judging.purifiers import VAERoundTrip
 from judging.transforms import differentiable, draw_eot, needs_vae
+from judging.visibility import owner_view, perceptual_budget
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, mean_sq, total_loss
 from pipelines import load_pipeline
 from pipelines.poses import read_body, read_poses
@@ -167,7 +168,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
             size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), recalibrate=0, perturb_at="model",
-            progress=False):
+            budget="flat", jnds=1.0, chroma=1.0, progress=False):
     """Algorithm 1 against `model` (pipelines/__init__.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
     (3,H0,W0) in [0,1], per-step log).
 
@@ -185,6 +186,13 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     photo (a convex combination: within the budget at every pixel). For a photo no larger than the model's
     input the two are the same attack. For a larger one, the pipeline's downscale averages per-pixel steps
     away; steps taken on the grid it shrinks to survive it (docs/full-size.md).
+
+    How the budget is spent, so that the change shows least (docs/imperceptibility.md): `budget` "flat" gives
+    every pixel eps, as the paper does; "perceptual" gives each pixel min(eps, `jnds` just-noticeable differences)
+    (judging/visibility.py: little on smooth skin and sky, up to eps in texture and shadow). `chroma` is the share
+    of the budget that may differ between the colour channels: 1, the paper's, moves each channel on its own; 0
+    moves the three together (a change of lightness, no colour cast); between, (1 - chroma) eps is shared and
+    chroma eps is each channel's own. Every pixel stays within eps in every channel whatever these are.
     """
     attn_blocks = attn_blocks or model.default_attn_blocks()
     unknown = set(attn_blocks) - set(model.attention_names)
@@ -199,11 +207,22 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     if method == "random-sign":  # uniform-sign noise at the photo's own pixels
         noise = (torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m
         return (I_src + eps * noise.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
-    # Random start inside the budget: at I_adv = I_src, A_adv = A_src, where ||A_adv - A_src||^2 has zero gradient.
-    delta = (torch.rand((1, 3, *grid), generator=generator) * 2 - 1).to(I_src) * eps  # (1, 3, *grid)
+    if budget == "perceptual":  # each pixel's share of eps, from the photo: where a change shows least
+        m = m * perceptual_budget(I_src[0], eps, jnds).to(I_src)
+    # The perturbation: channel 0 is shared by R, G and B (bound (1 - chroma) eps), channels 1-3 are each
+    # channel's own (bound chroma eps). Random start inside the budget: at I_adv = I_src, A_adv = A_src, where
+    # ||A_adv - A_src||^2 has zero gradient.
+    bound = torch.tensor([1 - chroma] + [chroma] * 3).view(1, 4, 1, 1).to(I_src) * eps
+    own = (torch.rand((1, 3, *grid), generator=generator) * 2 - 1).to(I_src) * chroma * eps  # (1, 3, *grid)
+    shared = (torch.rand((1, 1, *grid), generator=generator) * 2 - 1).to(I_src) * (1 - chroma) * eps if chroma < 1 \
+        else torch.zeros_like(own[:, :1])  # (1, 1, *grid)
+    delta = torch.cat([shared, own], 1)  # (1, 4, *grid)
+    # Algorithm 1's own update, on I_adv at the photo's pixels, where nothing lies between delta and the photo
+    per_pixel = grid == photo and budget == "flat" and chroma == 1
 
     def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid, zero outside the mask
-        return (delta if grid == photo else F.interpolate(delta, size=photo, mode=UPSAMPLE)) * m
+        rgb = delta[:, :1] + delta[:, 1:]  # (1, 3, *grid)
+        return (rgb if grid == photo else F.interpolate(rgb, size=photo, mode=UPSAMPLE)) * m
 
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
@@ -224,15 +243,15 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
         # Compute the final loss L (Eq. 4)
         L = total_loss(values, weights)
         grad, = torch.autograd.grad(L, I_adv)
-        if grid != photo:  # back through the upsampling to the grid
+        if not per_pixel:  # back through the budget and the upsampling to the grid
             grad, = torch.autograd.grad(on_photo, delta, grad)
         # Update I_adv <- I_adv - lambda * grad L (or its sign), then project onto the eps-ball and [0, 1]
         with torch.no_grad():
             step = grad.sign() if update == "sign" else grad
-            if grid == photo:
-                delta = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
-            else:  # the same step on the grid, projected onto its eps-ball ([0, 1] is kept by I_adv's clamp)
-                delta = (delta - step_size * step).clamp(-eps, eps)
+            if per_pixel:
+                delta[:, 1:] = ((I_adv - step_size * step - I_src).clamp(-eps, eps) * m + I_src).clamp(0, 1) - I_src
+            else:  # the same step on the grid, projected onto its bounds ([0, 1] is kept by I_adv's clamp)
+                delta = (delta - step_size * step).clamp(-bound, bound)
         check_finite(len(log), values | {"total": L, "gradient": grad, "I_adv": delta})
         log.append({name: value.item() for name, value in values.items()} | {"total": L.item()}
                    | ({"hinge_active": objective.con_distance.item() < tau1} if "con" in values else {}))
@@ -282,7 +301,8 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                              beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
                              size=(args.height, args.width), attn_blocks=args.attn_blocks,
                              sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
-                             recalibrate=args.recalibrate, perturb_at=args.perturb_at, progress=True)
+                             recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
+                             jnds=args.jnds, chroma=args.chroma, progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255
@@ -290,7 +310,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
         "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
         "settings": report_settings(args), "inputs_sha256": inputs_sha256,
-        "psnr_db": psnr(a, b), "ssim": ssim(a, b), "linf": (a - b).abs().max().item(),
+        **owner_view(rgb8, guarded8), "linf": (a - b).abs().max().item(),
         "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
         "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
     }
@@ -398,7 +418,8 @@ def main(argv=None):
                 video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
                          f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
                 bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
-                          f"L_inf {report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s{video}")
+                          f"colour difference {report['ciede2000_mean']:.2f} (CIEDE2000), L_inf "
+                          f"{report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s{video}")
             except (ValueError, OSError, RuntimeError, MemoryError) as e:
                 failures.append(photo)
                 bar.write(f"attack.py: error: {photo}: {one_line(e)}", file=sys.stderr)

@@ -32,7 +32,6 @@ import torch
 from tqdm import tqdm
 
 from attack import protect, selected_terms
-from judging import metrics
 from judging.judges import comparison_metrics, load_judges, tiny_judges, video_metrics
 from judging.metrics import held_out_seeds
 from judging.purifiers import VAERoundTrip
@@ -40,6 +39,7 @@ from judging.report import contact_sheet, model_note, write_results
 from judging.survival import survive
 from judging.transforms import EOT_KINDS, PURIFY
 from judging.transforms import name as transform_name
+from judging.visibility import owner_view
 from pipelines.svd import SVDPipeline, generate, load_model
 from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
                           json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
@@ -69,6 +69,12 @@ METHOD_NAMES = {m: name for m, (_, name) in METHODS.items()}
 
 
 # ---------------------------------------------------------------- one photo
+def photo_metrics(view):
+    """The guarded photo against the photo, as Table 2 gives it (judging/visibility.py's owner_view)."""
+    return {"psnr": view["psnr_db"], "ssim": view["ssim"], "ciede2000": view["ciede2000_mean"],
+            "ciede2000_p95": view["ciede2000_p95"], "display_psnr": view["display_psnr_db"]}
+
+
 def make_video(svd, rgb8, args, seed):
     """The video SVD makes from a photo with `seed`, as the adversary makes it (all frames decoded together
     unless --decode-chunk says otherwise): uint8 frames (F,3,H,W)."""
@@ -94,7 +100,7 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
     videos, then with --transforms the videos of the transformed photos (at the first video seed)."""
     rgb8, alpha, icc = read_photo(photo)
     device = next(svd.unet.parameters()).device
-    files, guarded = {}, {}
+    files, guarded, seen = {}, {}, {}
     transforms, seeds = args.transforms or [], args.video_seeds
     total = len(methods) + len(seeds) * (1 + len(methods)) + len(transforms) * (1 + len(methods))
     record = {"photo": photo.name, "video_seeds": seeds, "videos": {"original": []}}
@@ -107,9 +113,10 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
                 I_adv, _ = protect(SVDPipeline(svd), (rgb8.float() / 255).to(device), **METHODS[name][0],
                                    eps=args.eps, steps=args.steps, num_frames=args.frames,
                                    size=(args.height, args.width), sample_steps=args.sample_steps, seed=args.seed,
-                                   progress=True)
+                                   budget=args.budget, jnds=args.jnds, chroma=args.chroma, progress=True)
                 guarded8 = quantise(rgb8, I_adv, args.eps, None)
             guarded[name] = guarded8
+            seen[name] = owner_view(rgb8, guarded8)
             files[folder / f"{name}.png"] = png_bytes(guarded8, alpha, icc)
             record["videos"][name] = []
             stages.update()
@@ -126,9 +133,8 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
                 frames8 = make_video(victim, guarded8, args, seed)
                 stages.update()
                 scores, features = video_metrics(judges, frames8)
-                a, b = rgb8.double() / 255, guarded8.double() / 255
                 record["videos"][name].append(scores | comparison_metrics(frames8, clean8, features, clean_features)
-                                              | {"psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)})
+                                              | photo_metrics(seen[name]))
                 rows.append((name, guarded8, (guarded8.int() - rgb8.int()).abs(), frames8))
             if k == 0:
                 files[folder / "contact.png"] = contact_sheet(rows)
@@ -148,8 +154,8 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
 # ---------------------------------------------------------------- command line
 RUN_FILES = ("tables.md", "results.csv", "results.json")
 # What a photo's results depend on: a rerun with other values must not reuse them.
-SETTINGS = ("model", "victim", "variant", "dtype", "eps", "steps", "seed", "video_seeds", "frames", "sample_steps",
-            "height", "width", "decode_chunk", "no_judges", "dino", "aesthetic")
+SETTINGS = ("model", "victim", "variant", "dtype", "eps", "budget", "jnds", "chroma", "steps", "seed", "video_seeds",
+            "frames", "sample_steps", "height", "width", "decode_chunk", "no_judges", "dino", "aesthetic")
 
 
 def read_record(done):

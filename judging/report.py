@@ -19,7 +19,8 @@ VIDEO_COLUMNS = [("subject_consistency", "Subject Consistency (%, ↑)", 100),
                  ("temporal_flickering", "Temporal Flickering (%, ↑)", 100),
                  ("video_psnr", "PSNR to V_0 (dB)", 1), ("video_ssim", "SSIM to V_0", 1),
                  ("dino_similarity", "DINO sim. to V_0 (%)", 100)]
-PHOTO_COLUMNS = [("psnr", "PSNR (↑)", 1), ("ssim", "SSIM (↑)", 1)]
+PHOTO_COLUMNS = [("psnr", "PSNR (↑)", 1), ("ssim", "SSIM (↑)", 1), ("ciede2000", "CIEDE2000 (↓)", 1),
+                 ("ciede2000_p95", "CIEDE2000 p95 (↓)", 1), ("display_psnr", "PSNR on a 1920-px screen (↑)", 1)]
 SHEET_HEIGHT, SHEET_FRAMES, DIFF_GAIN = 128, 8, 10
 
 

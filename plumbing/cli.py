@@ -111,6 +111,16 @@ def number(text):
     return value
 
 
+def number_in(low, high):
+    """A flag type: a number (or fraction) from low to high."""
+    def parse(text):
+        value = number(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {value:g}")
+        return value
+    return parse
+
+
 def integer(low, high=math.inf):
     """A flag type: an integer from low to high."""
     def parse(text):

@@ -6,7 +6,8 @@ import argparse
 import torch
 
 from judging.transforms import PURIFY, parse_eot, parse_list
-from plumbing.cli import MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, integer, number, variant
+from plumbing.cli import (MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, integer, number,
+                          number_in, variant)
 from plumbing.shard import JOIN_TIMEOUT_S, parse_shard
 from weights import DEFAULT_MODEL
 
@@ -34,6 +35,19 @@ def seed_list(text):
     if not seeds:
         raise argparse.ArgumentTypeError("no seed given")
     return list(dict.fromkeys(seeds))
+
+
+def budget_flags(p):
+    """How the L_inf budget is spent over the photo (attack.py, evaluate.py): protect()'s budget, jnds, chroma."""
+    p.add_argument("--budget", choices=["perceptual", "flat"], default="flat",
+                   help="how the L_inf budget is spread over the photo: perceptual, each pixel at most --jnds "
+                        "just-noticeable differences (a JND model: little on smooth skin and sky, up to --eps in "
+                        "texture and shadow); flat, --eps at every pixel, as the paper")
+    p.add_argument("--jnds", type=number_in(0.1, 100), default=1.0,
+                   help="with --budget perceptual: how many just-noticeable differences a pixel may move, at most --eps")
+    p.add_argument("--chroma", type=number_in(0, 1), default=1.0,
+                   help="the share of --eps the colour channels may spend apart: 0, the three move together (lightness "
+                        "only, no colour cast); 1, each channel on its own, as the paper")
 
 
 def attack_flags(description):
@@ -64,6 +78,7 @@ def attack_flags(description):
                         "grid of the model's input size, upsampled to the photo, so that the pipeline's downscale "
                         "keeps it; or at the photo's own pixels, as the paper's Algorithm 1 (the same attack for "
                         "photos no larger than the model's input)")
+    budget_flags(p)
     p.add_argument("--recalibrate", type=integer(0), default=0, metavar="K",
                    help="calibrate the weights again every K steps, so that the terms stay on a similar scale "
                         "(0: once, at the start, as the paper does); the report's balance shows each term's share")
@@ -207,6 +222,7 @@ def evaluate_flags(description, methods, default_methods):
                    help="hub repo or local folder with the LAION aesthetic predictor v1 (ViT-L/14) model.safetensors")
     p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
     p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
+    budget_flags(p)
     p.add_argument("--frames", type=integer(3, MAX_FRAMES),
                    help="video frames, at least 3 (default: the model's num_frames)")
     p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
