@@ -42,7 +42,7 @@ from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_
                           text_conditioned, weights_hint, write_files)
 from plumbing.files import (already_protected, digest, existing_photos, files_written, input_files, model_folder,
                             output_paths, peak_memory, quantise)
-from plumbing.flags import attack_flags
+from plumbing.flags import attack_flags, resolve_budget
 from plumbing.photos import png_bytes, read_mask, read_photo, to_uint8
 from plumbing.shard import join
 from weights import WeightsError
@@ -168,7 +168,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
 def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 255, steps=50, step_size=1 / 255,
             update="sign", alpha=1.0, beta=1.0, gamma=1.0, fidelity=0.0, tau1=0.5, tau2=0.5, num_frames=None,
             size=(576, 1024), attn_blocks=None, sample_steps=25, seed=0, eot=(), recalibrate=0, perturb_at="model",
-            budget="flat", jnds=1.0, chroma=1.0, progress=False):
+            budget="perceptual", chroma=0.0, progress=False):
     """Algorithm 1 against `model` (pipelines/__init__.py): the source photo I_src (3,H0,W0) in [0,1] -> (I_adv
     (3,H0,W0) in [0,1], per-step log).
 
@@ -188,8 +188,9 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     away; steps taken on the grid it shrinks to survive it (docs/full-size.md).
 
     How the budget is spent, so that the change shows least (docs/imperceptibility.md): `budget` "flat" gives
-    every pixel eps, as the paper does; "perceptual" gives each pixel min(eps, `jnds` just-noticeable differences)
-    (judging/visibility.py: little on smooth skin and sky, up to eps in texture and shadow). `chroma` is the share
+    every pixel eps, as the paper does; "perceptual" gives each pixel the share min(1, JND / 8 levels) of eps
+    (judging/visibility.py: at 8/255 at most one just-noticeable difference; little on smooth skin and sky, all
+    of eps in texture and shadow). `chroma` is the share
     of the budget that may differ between the colour channels: 1, the paper's, moves each channel on its own; 0
     moves the three together (a change of lightness, no colour cast); between, (1 - chroma) eps is shared and
     chroma eps is each channel's own. Every pixel stays within eps in every channel whatever these are.
@@ -208,7 +209,7 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
         noise = (torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m
         return (I_src + eps * noise.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
     if budget == "perceptual":  # each pixel's share of eps, from the photo: where a change shows least
-        m = m * perceptual_budget(I_src[0], eps, jnds).to(I_src)
+        m = m * perceptual_budget(I_src[0]).to(I_src)
     # The perturbation: channel 0 is shared by R, G and B (bound (1 - chroma) eps), channels 1-3 are each
     # channel's own (bound chroma eps). Random start inside the budget: at I_adv = I_src, A_adv = A_src, where
     # ||A_adv - A_src||^2 has zero gradient.
@@ -302,7 +303,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                              size=(args.height, args.width), attn_blocks=args.attn_blocks,
                              sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
                              recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
-                             jnds=args.jnds, chroma=args.chroma, progress=True)
+                             chroma=args.chroma, progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     wall = time.perf_counter() - start
     a, b = rgb8.float() / 255, guarded8.float() / 255
@@ -335,16 +336,20 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
 
 def report_settings(args):
     """The settings a report records: every flag's value but where the photos come from and go to, which
-    worker made them, how long it waited for the others and with how many threads, and the conditions, EOT
-    and recalibration when unused (so that reports made before they existed still resume)."""
+    worker made them, how long it waited for the others and with how many threads, and the conditions, EOT,
+    recalibration and the paper's budget when unused or chosen (so that reports made before they existed still
+    resume)."""
     unused = [k for k in ("eot", "pose", "body", "prompt", "recalibrate", "averaged_maps") if not getattr(args, k)]
+    if args.budget == "flat" and args.chroma == 1:  # the paper's budget, the only one before it could be chosen
+        unused += ["paper", "budget", "chroma"]
     ignored = ("image", "out", "shard", "join_timeout", "threads", *unused)
     return {k: v for k, v in vars(args).items() if k not in ignored}
 
 
 @command
 def main(argv=None):
-    args = attack_flags(__doc__).parse_args(argv)
+    parser = attack_flags(__doc__)
+    args = resolve_budget(parser, parser.parse_args(argv))
     choose_threads(args.threads)
     text_model = text_conditioned(args.model)
     args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255

@@ -45,7 +45,7 @@ from plumbing.cli import (FAILURE, check_writable, choose_threads, command, defa
                           json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
                           text_conditioned, weights_hint, write_files)
 from plumbing.files import digest, existing_photos, input_files, list_photos, model_folder, quantise, result_folder
-from plumbing.flags import evaluate_flags
+from plumbing.flags import PAPER_BUDGET, evaluate_flags, resolve_budget
 from plumbing.photos import model_input, png_bytes, read_photo, to_uint8
 from plumbing.shard import join
 from weights import WeightsError
@@ -113,7 +113,8 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
                 I_adv, _ = protect(SVDPipeline(svd), (rgb8.float() / 255).to(device), **METHODS[name][0],
                                    eps=args.eps, steps=args.steps, num_frames=args.frames,
                                    size=(args.height, args.width), sample_steps=args.sample_steps, seed=args.seed,
-                                   budget=args.budget, jnds=args.jnds, chroma=args.chroma, progress=True)
+                                   budget=args.budget, chroma=args.chroma, fidelity=args.fidelity,
+                                   progress=True)
                 guarded8 = quantise(rgb8, I_adv, args.eps, None)
             guarded[name] = guarded8
             seen[name] = owner_view(rgb8, guarded8)
@@ -154,8 +155,8 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
 # ---------------------------------------------------------------- command line
 RUN_FILES = ("tables.md", "results.csv", "results.json")
 # What a photo's results depend on: a rerun with other values must not reuse them.
-SETTINGS = ("model", "victim", "variant", "dtype", "eps", "budget", "jnds", "chroma", "steps", "seed", "video_seeds",
-            "frames", "sample_steps", "height", "width", "decode_chunk", "no_judges", "dino", "aesthetic")
+SETTINGS = ("model", "victim", "variant", "dtype", "eps", "budget", "chroma", "fidelity", "steps", "seed",
+            "video_seeds", "frames", "sample_steps", "height", "width", "decode_chunk", "no_judges", "dino", "aesthetic")
 
 
 def read_record(done):
@@ -193,6 +194,8 @@ def previous_record(done, settings):
         print(f"{done}: unreadable; this photo is evaluated again", file=sys.stderr)
         return None
     old = record.get("settings")
+    if isinstance(old, dict):  # made before the budget could be chosen: with the paper's
+        old = PAPER_BUDGET | old
     if old != settings:
         changes = "no settings recorded" if not isinstance(old, dict) else ", ".join(
             f"{k} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v)
@@ -235,7 +238,8 @@ def merge_only(out, photos):
 
 @command
 def main(argv=None):
-    args = evaluate_flags(__doc__, list(METHODS), DEFAULT_METHODS).parse_args(argv)
+    parser = evaluate_flags(__doc__, list(METHODS), DEFAULT_METHODS)
+    args = resolve_budget(parser, parser.parse_args(argv))
     choose_threads(args.threads)
     if args.merge_only:
         out = Path(args.out)

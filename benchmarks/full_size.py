@@ -3,7 +3,7 @@ steps at the photo's pixels (the paper's Algorithm 1, --perturb-at photo) and on
 (--perturb-at model, the default), judged on videos made with seeds the attack did not use.
 
     python benchmarks/full_size.py --model toy --photos examples/astronaut.png examples/chelsea.png \
-        --sizes 64,128,256,512,1024 --video-seeds 1,2
+        --sizes 64,128,256,512,1024 --video-seeds 1,2 [--paper]
 
 Each photo is resized (Lanczos) to each side length; a photo smaller than that is upsampled, which gives it
 no detail finer than its own, but what is measured is what the pipeline's downscale does to the
@@ -27,6 +27,7 @@ from judging.metrics import video_distance  # noqa: E402
 from pipelines import load_pipeline  # noqa: E402
 from plumbing.cli import model_size  # noqa: E402
 from plumbing.files import quantise  # noqa: E402
+from plumbing.flags import PAPER_BUDGET  # noqa: E402
 from plumbing.photos import model_input, read_photo, to_uint8  # noqa: E402
 
 
@@ -51,7 +52,9 @@ def main():
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--paper", action="store_true", help="the paper's flat RGB budget instead of protect()'s default")
     args = p.parse_args()
+    budget = PAPER_BUDGET if args.paper else {}
     model = load_pipeline(args.model, torch.device("cpu"), torch.float32)
     size = model_size(None, None, args.model)
     frames, seeds = model.num_frames, [int(s) for s in args.video_seeds.split(",")]
@@ -64,7 +67,8 @@ def main():
             for mode in args.modes.split(","):
                 start = time.perf_counter()
                 I_adv, _ = protect(model, rgb8.float() / 255, eps=args.eps, steps=args.steps, size=size,
-                                   num_frames=frames, sample_steps=args.sample_steps, seed=0, perturb_at=mode)
+                                   num_frames=frames, sample_steps=args.sample_steps, seed=0, perturb_at=mode,
+                                   **budget)
                 seconds = time.perf_counter() - start
                 guarded8 = quantise(rgb8, I_adv, args.eps, None)
                 seen = model_input(guarded8, size) - model_input(rgb8, size)  # in [-1, 1] units: x 127.5 = levels

@@ -5,6 +5,7 @@ budgets, on held-out photos at their own size, judged on videos made with seeds 
     python benchmarks/imperceptibility.py --model toy --out curve.json            # every candidate, ~40 min
     python benchmarks/imperceptibility.py --model toy --candidates paper,lightness --out a.json
     python benchmarks/imperceptibility.py --merge a.json b.json --figure curve.png  # the table and the figure
+    python benchmarks/imperceptibility.py --model toy --look faces.jpg             # the faces at 2x, ~2 min
 
 Per candidate and budget, mean ± std over photos x video seeds: what the owner sees (the guarded PNG's PSNR
 and CIEDE2000 to the photo, at its own size and as a screen shows it: judging/visibility.py) and what
@@ -28,12 +29,13 @@ from judging.visibility import owner_view  # noqa: E402
 from pipelines import load_pipeline  # noqa: E402
 from plumbing.cli import model_size  # noqa: E402
 from plumbing.files import quantise  # noqa: E402
+from plumbing.flags import DEFAULT_BUDGET, PAPER_BUDGET  # noqa: E402
 from plumbing.photos import read_photo, to_uint8  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples/full-size/grace_hopper.jpg", ROOT / "examples/full-size/chelsea.jpg",
           ROOT / "examples/astronaut.png"]
-CANDIDATES = {  # name -> protect()'s settings
+CANDIDATES = {name: PAPER_BUDGET | changes for name, changes in {  # name -> protect()'s settings
     "paper": {},
     "lightness": {"chroma": 0.0},
     "perceptual": {"budget": "perceptual"},
@@ -41,7 +43,7 @@ CANDIDATES = {  # name -> protect()'s settings
     "perceptual+lightness": {"budget": "perceptual", "chroma": 0.0},
     "perceptual+lightness+fidelity0.5": {"budget": "perceptual", "chroma": 0.0, "fidelity": 0.5},
     "perceptual+lightness+fidelity1": {"budget": "perceptual", "chroma": 0.0, "fidelity": 1.0},
-}
+}.items()}
 COLUMNS = [("psnr_db", "photo PSNR (dB)"), ("ciede2000_mean", "CIEDE2000 mean"), ("ciede2000_p95", "CIEDE2000 p95"),
            ("display_psnr_db", "display PSNR (dB)"), ("video_psnr_db", "video PSNR to V_0 (dB)"),
            ("gap_db", "gap to random-sign (dB)")]
@@ -111,7 +113,7 @@ def figure(stats, path, width=560, height=400, margin=56):
     for panel, (key, label) in enumerate([("psnr_db", "photo PSNR (dB, right = less visible)"),
                                           ("ciede2000_mean", "mean CIEDE2000 (left = less visible)")]):
         xs = [s[key][0] for s in stats.values()]
-        x0, x1, y0, y1 = min(xs), max(xs), min(gaps + [0]), max(gaps)
+        x0, x1, y0, y1 = min(xs), max(xs), min(gaps), max(gaps)
         left = panel * width
 
         def xy(x, y):
@@ -126,14 +128,44 @@ def figure(stats, path, width=560, height=400, margin=56):
         d.text((left + margin, height - margin + 20), label, fill="black")
         d.text((left + margin, margin - 20), "video gap to random-sign (dB, up = better protected)", fill="black")
         for name, colour in zip(CANDIDATES, colours):
-            points = [xy(s[key][0], s["gap_db"][0]) for (n, _), s in sorted(stats.items()) if n == name]
+            points = [(levels, *xy(s[key][0], s["gap_db"][0])) for (n, levels), s in sorted(stats.items()) if n == name]
             if points:
-                d.line(points, fill=palette[colour], width=2)
-                for px, py in points:
+                d.line([(px, py) for _, px, py in points], fill=palette[colour], width=2)
+                for levels, px, py in points:
                     d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=palette[colour])
+                    d.text((px + 4, py - 12), str(levels), fill=palette[colour])
     for i, (name, colour) in enumerate(zip(CANDIDATES, colours)):
-        d.text((margin, height + 20 * i), f"{name} (points: eps 4, 8, 12, 16 /255)", fill=palette[colour])
+        d.text((margin, height + 20 * i), f"{name} (each point labelled with its eps in levels)",
+               fill=palette[colour])
     sheet.save(path)
+
+
+FACES = {"grace_hopper.jpg": (250, 160), "chelsea.jpg": (230, 120), "astronaut.png": (250, 110)}  # (x, y) centres
+
+
+def look(args, path, side=160, zoom=2):
+    """The photos' faces at 2x (nearest neighbour): the source, the paper's guarded photo and the default's, at
+    8/255, side by side, a row per photo: what the owner pays, to be looked at."""
+    model = load_pipeline(args.model, torch.device("cpu"), torch.float32)
+    size, rows = model_size(None, None, args.model), []
+    for photo in args.photos:
+        rgb8 = read_photo(photo)[0]
+        guarded = [quantise(rgb8, protect(model, rgb8.float() / 255, size=size, steps=args.steps,
+                                          sample_steps=args.sample_steps, **settings)[0], 8 / 255, None)
+                   for settings in (PAPER_BUDGET, DEFAULT_BUDGET)]
+        x, y = FACES.get(Path(photo).name, (rgb8.shape[2] // 2, rgb8.shape[1] // 2))
+        box = (x - side // 2, y - side // 2, x + side // 2, y + side // 2)
+        rows.append([Image.fromarray(im.permute(1, 2, 0).numpy()).crop(box).resize((zoom * side,) * 2,
+                                                                                  Image.Resampling.NEAREST)
+                     for im in (rgb8, *guarded)])
+    sheet = Image.new("RGB", (3 * zoom * side, len(rows) * zoom * side), "white")
+    d = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            sheet.paste(im, (c * zoom * side, r * zoom * side))
+    for c, label in enumerate(["source", "paper (--paper)", "default"]):
+        d.text((c * zoom * side + 4, 4), label, fill="yellow", stroke_width=1, stroke_fill="black")
+    sheet.save(path, quality=92)
 
 
 def main():
@@ -148,7 +180,10 @@ def main():
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--merge", nargs="+", help="instead of measuring, read these JSON files of rows")
     p.add_argument("--figure", help="write the figure (PNG) here")
+    p.add_argument("--look", metavar="JPG", help="instead, write the photos' faces at 2x: source, paper, default")
     args = p.parse_args()
+    if args.look:
+        return look(args, args.look)
     rows = [r for f in args.merge for r in json.loads(Path(f).read_text())] if args.merge else measure(args)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

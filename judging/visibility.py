@@ -9,7 +9,7 @@ size and at the size a screen shows it, and where a change would show least.
 - The just-noticeable-difference profile of Chou and Li (1995), in grey levels per pixel: luminance
   adaptation (the eye misses more in dark and in bright regions than at mid-grey) and texture masking (it
   misses more where the photo is busy), the larger of the two. attack.py's perceptual budget spends the L_inf
-  budget by it: little on smooth skin and sky, up to eps in texture and shadow.
+  budget by it: little on smooth skin and sky, all of eps in texture and shadow.
 LPIPS is not here: it needs a network's weights, which this project does not download.
 """
 import math
@@ -117,7 +117,11 @@ def jnd_levels(I):
     return torch.maximum(luminance, texture)
 
 
-def perceptual_budget(I, eps, jnds=1.0):
-    """The share of the L_inf budget each pixel may spend, (1,1,H,W) in (0,1]: min(eps, jnds JND) / eps, so that
-    the change stays within `jnds` just-noticeable differences where that is below eps."""
-    return ((jnds * jnd_levels(I) / 255).clamp(max=eps) / eps)[None, None]
+FULL_SHARE_LEVELS = 8  # a pixel whose JND is this many grey levels or more may spend all of eps
+
+
+def perceptual_budget(I):
+    """The share of the L_inf budget each pixel of a photo I (3,H,W) may spend, (1,1,H,W) in (0,1]:
+    min(1, JND / 8 levels). At the paper's eps of 8/255 each pixel moves at most one just-noticeable difference;
+    at another eps the shares stay, so eps scales the change everywhere (smooth mid-grey gets 3/8 of it)."""
+    return (jnd_levels(I) / FULL_SHARE_LEVELS).clamp(max=1)[None, None]

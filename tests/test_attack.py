@@ -23,6 +23,7 @@ from pipelines.cogvideox import TINY_TRANSFORMER, CogVideoXPipeline, tiny_cogvid
 from pipelines.controlnext import ControlNeXtPipeline, tiny_controlnext
 from pipelines.poses import generic_poses
 from pipelines.svd import SVDPipeline
+from plumbing.flags import PAPER_BUDGET
 from plumbing.photos import model_input
 from weights import tiny_svd
 
@@ -95,7 +96,7 @@ def test_one_term_moves_the_intended_way(case, I_src, term, measure, direction):
     """Each term alone moves its measure further than ±eps random-sign noise does (the attention distance is 0
     at I_src itself, so beating the photo alone would not show that L_att acts, or acts the right way)."""
     I_adv, history = protect(case.model, I_src, terms=("img", term), steps=20, size=case.size, num_frames=case.frames,
-                             sample_steps=SAMPLE_STEPS, seed=0)
+                             sample_steps=SAMPLE_STEPS, seed=0, **PAPER_BUDGET)  # the same budget as the noise's
     noise, _ = protect(case.model, I_src, method="random-sign", size=case.size, seed=0)
     obj = objective(case, I_src, ("img", term))
     before, after = mean_over_draws(obj, I_src, measure), mean_over_draws(obj, I_adv, measure)

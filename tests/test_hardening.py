@@ -442,8 +442,10 @@ def test_evaluate_refuses_to_resume_with_other_settings(photo, tmp_path, capsys)
     (tmp_path / "out/photo/metrics.json").write_text(json.dumps({"photo": "photo.png", "video_seeds": [1, 2, 3],
                                                                  "videos": videos, "settings": settings}))
     args = ["--image", photo, "--out", tmp_path / "out"] + EVALUATE
-    assert "eps" in refused(evaluate.main, args + ["--eps", "4/255"], tmp_path, capsys, 2)
-    assert run(evaluate.main, args, capsys)[0] == 0  # same settings: done already
+    assert "eps" in refused(evaluate.main, args + ["--eps", "4/255", "--paper"], tmp_path, capsys, 2)
+    # a record made before the budget could be chosen was made with the paper's
+    assert "budget 'flat' there, 'perceptual' now" in refused(evaluate.main, args, tmp_path, capsys, 2)
+    assert run(evaluate.main, args + ["--paper"], capsys)[0] == 0  # same settings: done already
 
 
 def test_evaluate_creates_nothing_when_the_model_fails(photo, tmp_path, capsys):

@@ -1,7 +1,9 @@
 """What the owner sees (judging/visibility.py) and the ways protect() spends the budget where it shows least:
 CIEDE2000 and CIELAB equal to scikit-image's; the display view; the JND profile at the values Chou and Li's
 formulas give; the perceptual budget and the lightness-only perturbation keep every pixel within their bounds
-in the saved 8-bit photo; the paper's flat RGB attack is still one setting away."""
+in the saved 8-bit photo; the paper's flat RGB attack is still one flag away."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from judging.visibility import (DISPLAY_SIDE, ciede2000, colour_difference, disp
                                 owner_view, perceptual_budget)
 from pipelines.svd import SVDPipeline
 from plumbing.files import quantise
+from plumbing.flags import DEFAULT_BUDGET, PAPER_BUDGET, attack_flags, resolve_budget
 from weights import tiny_svd
 
 SIZE = (32, 32)
@@ -64,12 +67,12 @@ def test_jnd_of_a_flat_photo_is_its_luminance_adaptation(grey, expected):
 
 def test_texture_raises_the_jnd_and_the_budget_stays_within_eps():
     """A vertical edge from 100 to 160 grey levels: on it, the texture term mg (0.0001 bg + 0.115) + 0.5 - 0.01 bg
-    lifts the JND above the luminance adaptation of the flat sides; the budget is the JND / eps, within (0, 1]."""
+    lifts the JND above the luminance adaptation of the flat sides; each pixel's share of eps is min(1, JND / 8)."""
     photo = torch.full((3, 16, 16), 100 / 255)
     photo[:, :, 8:] = 160 / 255
     J = jnd_levels(photo)
     assert J[8, 8] > J[8, 0] + 1 and J[8, 8] > J[8, 15] + 1
-    w = perceptual_budget(photo, 8 / 255)
+    w = perceptual_budget(photo)
     assert w.shape == (1, 1, 16, 16) and 0 < w.min() and w.max() <= 1
     assert w[0, 0, 8, 0].item() == pytest.approx(J[8, 0].item() / 8, abs=1e-6)
 
@@ -114,7 +117,23 @@ def test_lightness_only_moves_the_three_channels_together(model):
 def test_paper_budget_moves_channels_apart_and_reaches_eps(model):
     """budget flat, chroma 1 is the paper's attack: every channel on its own, up to eps at every pixel."""
     I = photo_with_texture()
-    src8, adv8 = guarded(model, I, budget="flat", chroma=1.0)
+    src8, adv8 = guarded(model, I, **PAPER_BUDGET)
     d = adv8.int() - src8.int()
     assert d.abs().max() == 8 and not torch.equal(d[0], d[1])
     assert d[:, :, :SIZE[1] // 2].abs().max() == 8  # the smooth half too
+
+
+def test_the_default_budget_and_the_paper_one_flag_away(capsys):
+    """protect()'s defaults are the command's; --paper gives the paper's flat RGB attack and refuses a mixture."""
+    defaults = inspect.signature(protect).parameters
+    assert {name: defaults[name].default for name in DEFAULT_BUDGET} == DEFAULT_BUDGET
+    parser = attack_flags("")
+    chosen = resolve_budget(parser, parser.parse_args(["--image", "x.png"]))
+    paper = resolve_budget(parser, parser.parse_args(["--image", "x.png", "--paper"]))
+    assert {name: getattr(chosen, name) for name in DEFAULT_BUDGET} == DEFAULT_BUDGET
+    assert {name: getattr(paper, name) for name in PAPER_BUDGET} == PAPER_BUDGET
+    mixed = resolve_budget(parser, parser.parse_args(["--image", "x.png", "--chroma", "0.5"]))
+    assert (mixed.budget, mixed.chroma, mixed.fidelity) == ("perceptual", 0.5, 0.0)
+    with pytest.raises(SystemExit) as e:
+        resolve_budget(parser, parser.parse_args(["--image", "x.png", "--paper", "--fidelity", "1"]))
+    assert e.value.code == 2 and "--paper" in capsys.readouterr().err
