@@ -93,16 +93,19 @@ def att_distance(obj, I, draw):
     ("att", att_distance, "up"),
 ])
 def test_one_term_moves_the_intended_way(case, I_src, term, measure, direction):
-    """Each term alone moves its measure further than ±eps random-sign noise does (the attention distance is 0
-    at I_src itself, so beating the photo alone would not show that L_att acts, or acts the right way)."""
-    I_adv, history = protect(case.model, I_src, terms=("img", term), steps=20, size=case.size, num_frames=case.frames,
-                             sample_steps=SAMPLE_STEPS, seed=0, **PAPER_BUDGET)  # the same budget as the noise's
+    """Each term alone moves its measure further than its random start and ±eps random-sign noise do (the
+    attention distance is 0 at I_src itself, so beating the photo alone would not show that L_att acts, or acts
+    the right way)."""
+    run = functools.partial(protect, case.model, I_src, terms=("img", term), size=case.size, num_frames=case.frames,
+                            sample_steps=SAMPLE_STEPS, seed=0, **PAPER_BUDGET)  # the same budget as the noise's
+    I_adv, history = run(steps=20)
+    start, _ = run(steps=0)
     noise, _ = protect(case.model, I_src, method="random-sign", size=case.size, seed=0)
     obj = objective(case, I_src, ("img", term))
     before, after = mean_over_draws(obj, I_src, measure), mean_over_draws(obj, I_adv, measure)
-    random_sign = mean_over_draws(obj, noise, measure)
-    print(f"\n{term}: {before:.6g} -> {after:.6g} (random-sign noise {random_sign:.6g})")
-    assert (after < min(before, random_sign)) if direction == "down" else (after > max(before, random_sign))
+    baselines = [mean_over_draws(obj, x, measure) for x in (start, noise)]
+    print(f"\n{term}: {before:.6g} -> {after:.6g} (random start {baselines[0]:.6g}, random-sign {baselines[1]:.6g})")
+    assert (after < min(before, *baselines)) if direction == "down" else (after > max(before, *baselines))
     assert len(history["steps"]) == 20 and history["weights"][term] > 0
 
 
