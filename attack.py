@@ -151,7 +151,8 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
     Returns (weights {term: weight}, a record of how they were made)."""
     generator = torch.Generator().manual_seed(CALIBRATION_SEED)
     n = len(objective.sigmas)
-    steps = [int((k + 0.5) * n / draws) for k in range(min(draws, n))]
+    draws = min(draws, n)  # a schedule shorter than the draws: each of its levels once
+    steps = [int((k + 0.5) * n / draws) for k in range(draws)]
     sums = {name: 0.0 for name in factors}
     I_adv = I_adv.detach().requires_grad_()
     for step in steps:

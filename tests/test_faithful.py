@@ -69,6 +69,30 @@ def calibrated_ratios(svd, photo, seed, eps=8 / 255, V_0=None):
     return weights["con"] / weights["enc"], weights["att"] / weights["enc"]
 
 
+def test_calibration_is_each_terms_mean_gradient_over_the_schedule(photo):
+    """The weights of Eq. 4 written out: factor / mean |dL_k / dI_adv| over one draw from the middle of each of
+    5 equal strata of the schedule (here 4 noise levels: each once), the draws seeded by CALIBRATION_SEED."""
+    obj = objective(tiny_svd(0), photo)
+    start = (photo + 4 / 255 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(2)).sign())[None]
+    factors = {"img": 0.5, "enc": 1.0, "con": 2.0, "att": 3.0}
+    weights, record = calibrate(obj, start.clamp(0, 1), factors)
+    g, I = torch.Generator().manual_seed(attack.CALIBRATION_SEED), start.clamp(0, 1).requires_grad_()
+    mean_abs = {name: 0.0 for name in factors}
+    for step in range(SAMPLE_STEPS):
+        values = obj(I, obj.draw(g, step))
+        for name in factors:
+            grad, = torch.autograd.grad(values[name], I, retain_graph=True)
+            mean_abs[name] += grad.abs().mean().item() / SAMPLE_STEPS
+    assert record["sigmas"] == list(obj.sigmas)
+    for name, factor in factors.items():
+        assert record["mean_abs_grad"][name] == pytest.approx(mean_abs[name], rel=1e-6)
+        assert weights[name] == pytest.approx(factor / mean_abs[name], rel=1e-6)
+    long = Objective(obj.model, photo[None], ("img", "enc"), num_frames=FRAMES, size=SIZE, tau1=0.5, tau2=0.5,
+                     attn_blocks=(), sample_steps=25, seed=0)
+    _, record = calibrate(long, start.clamp(0, 1), {"img": 0.0, "enc": 1.0})
+    assert record["sigmas"] == [long.sigmas[k] for k in (2, 7, 12, 17, 22)]  # the middles of 5 strata of 25
+
+
 def test_calibrated_weights_agree_over_seeds():
     """On the trained toy (the random tiny network's own L_con gradient swings ninefold between random
     starts, so it cannot tell a calibration's stability): one objective, the random starts of seeds 0-3."""
