@@ -423,8 +423,11 @@ def main(argv=None):
                 report = protect_file(model, photo, out, mask, args, terms, sha256)
                 video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
                          f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
+                shown = (f" (on a screen, {report['display_size'][1]}x{report['display_size'][0]}: PSNR "
+                         f"{report['display_psnr_db']:.2f} dB, {report['display_ciede2000_mean']:.2f})"
+                         if report["display_size"] != report["photo_size"] else "")
                 bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
-                          f"colour difference {report['ciede2000_mean']:.2f} (CIEDE2000), L_inf "
+                          f"colour difference {report['ciede2000_mean']:.2f} (CIEDE2000){shown}, L_inf "
                           f"{report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s{video}")
             except (ValueError, OSError, RuntimeError, MemoryError) as e:
                 failures.append(photo)

@@ -91,7 +91,8 @@ def owner_view(src8, guarded8):
     mean, p95 = colour_difference(src8, guarded8)
     shown_mean, shown_p95 = colour_difference(shown_a, shown_b)
     return {"psnr_db": psnr(a, b), "ssim": ssim(a, b), "ciede2000_mean": mean, "ciede2000_p95": p95,
-            "display_size": list(shown_a.shape[-2:]), "display_psnr_db": psnr(shown_a / 255, shown_b / 255),
+            "photo_size": list(src8.shape[-2:]), "display_size": list(shown_a.shape[-2:]),
+            "display_psnr_db": psnr(shown_a / 255, shown_b / 255),
             "display_ciede2000_mean": shown_mean, "display_ciede2000_p95": shown_p95}
 
 

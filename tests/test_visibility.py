@@ -3,11 +3,15 @@ CIEDE2000 and CIELAB equal to scikit-image's; the display view; the JND profile 
 formulas give; the perceptual budget and the lightness-only perturbation keep every pixel within their bounds
 in the saved 8-bit photo; the paper's flat RGB attack is still one flag away."""
 import inspect
+import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
+
+import attack
 
 from attack import protect
 from judging.visibility import (DISPLAY_SIDE, ciede2000, colour_difference, display_view, jnd_levels, lab,
@@ -54,7 +58,27 @@ def test_display_view_shrinks_only_what_a_screen_cannot_show():
     assert tuple(display_view(big).shape) == (3, 10, DISPLAY_SIDE)
     assert display_view(small) is small
     view = owner_view(big, big.clone())
-    assert view["display_size"] == [10, DISPLAY_SIDE] and view["ciede2000_mean"] == 0 and view["ssim"] == 1
+    assert view["display_size"] == [10, DISPLAY_SIDE] and view["photo_size"] == [12, 2400]
+    assert view["ciede2000_mean"] == 0 and view["ssim"] == 1
+
+
+def test_the_report_and_summary_say_what_the_owner_sees(tmp_path, capsys):
+    """A photo wider than a screen: the summary line gives its colour difference and, shown at 1920 pixels, its
+    PSNR and colour difference; the report holds them all."""
+    photo = tmp_path / "wide.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 2000, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(photo)
+    args = ["--image", str(photo), "--model", "tiny", "--height", "64", "--width", "64", "--frames", "3",
+            "--sample-steps", "2", "--steps", "1", "--no-video-check"]
+    try:
+        attack.main(args)
+    except SystemExit as e:
+        assert e.code == 0
+    line = capsys.readouterr().out
+    report = json.loads((tmp_path / "wide.guarded.json").read_text())
+    assert report["display_size"] == [15, 1920] and report["photo_size"] == [16, 2000]
+    assert 0 < report["ciede2000_mean"] <= report["ciede2000_p95"] and report["display_psnr_db"] > report["psnr_db"]
+    assert f"colour difference {report['ciede2000_mean']:.2f} (CIEDE2000) (on a screen, 1920x15: PSNR" in line
 
 
 @pytest.mark.parametrize("grey, expected", [(0, 20.0), (127, 3.0), (255, 6.0)])
