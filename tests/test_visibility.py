@@ -12,7 +12,6 @@ from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 
 import attack
-
 from attack import protect
 from judging.visibility import (DISPLAY_SIDE, ciede2000, colour_difference, display_view, jnd_levels, lab,
                                 owner_view, perceptual_budget)
