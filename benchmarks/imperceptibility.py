@@ -102,18 +102,23 @@ def table(stats):
     return "\n".join(lines)
 
 
-def figure(stats, path, width=560, height=400, margin=56):
-    """Two panels: the gap against photo PSNR and against mean CIEDE2000, a line per candidate through its budgets."""
-    colours = ["black", "tab:blue", "green", "orange", "purple", "red", "brown"]
-    palette = {"tab:blue": (31, 119, 180), "green": (44, 160, 44), "orange": (255, 127, 14), "purple": (148, 103, 189),
-               "red": (214, 39, 40), "brown": (140, 86, 75), "black": (0, 0, 0)}
-    sheet = Image.new("RGB", (2 * width, height + 20 * len(CANDIDATES)), "white")
+PANELS = [  # (x, y, x label, y label, y's sign: -1 puts lower values up)
+    ("psnr_db", "gap_db", "photo PSNR (dB, right = less visible)", "gap to random-sign (dB, up = protected)", 1),
+    ("ciede2000_mean", "gap_db", "mean CIEDE2000 (left = less visible)", "gap to random-sign (dB, up = protected)", 1),
+    ("ciede2000_mean", "video_psnr_db", "mean CIEDE2000 (left = less visible)",
+     "video PSNR to V_0 (dB, up = lower = protected)", -1)]
+
+
+def figure(stats, path, width=480, height=400, margin=56):
+    """Three panels, a line per candidate through its budgets: the gap against the photo's PSNR and against its
+    CIEDE2000, and the video's own PSNR to V_0 against the CIEDE2000."""
+    colours = [(0, 0, 0), (31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189), (214, 39, 40),
+               (140, 86, 75)]
+    sheet = Image.new("RGB", (len(PANELS) * width, height + 20 * len(CANDIDATES)), "white")
     d = ImageDraw.Draw(sheet)
-    gaps = [s["gap_db"][0] for s in stats.values()]
-    for panel, (key, label) in enumerate([("psnr_db", "photo PSNR (dB, right = less visible)"),
-                                          ("ciede2000_mean", "mean CIEDE2000 (left = less visible)")]):
-        xs = [s[key][0] for s in stats.values()]
-        x0, x1, y0, y1 = min(xs), max(xs), min(gaps), max(gaps)
+    for panel, (x_key, y_key, x_label, y_label, sign) in enumerate(PANELS):
+        xs, ys = [s[x_key][0] for s in stats.values()], [sign * s[y_key][0] for s in stats.values()]
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
         left = panel * width
 
         def xy(x, y):
@@ -124,19 +129,19 @@ def figure(stats, path, width=560, height=400, margin=56):
         for x in np.linspace(x0, x1, 5):
             d.text((xy(x, y0)[0] - 10, height - margin + 4), f"{x:.1f}", fill="black")
         for y in np.linspace(y0, y1, 5):
-            d.text((left + 8, xy(x0, y)[1] - 6), f"{y:.1f}", fill="black")
-        d.text((left + margin, height - margin + 20), label, fill="black")
-        d.text((left + margin, margin - 20), "video gap to random-sign (dB, up = better protected)", fill="black")
+            d.text((left + 8, xy(x0, y)[1] - 6), f"{sign * y:.1f}", fill="black")
+        d.text((left + margin, height - margin + 20), x_label, fill="black")
+        d.text((left + margin, margin - 20), y_label, fill="black")
         for name, colour in zip(CANDIDATES, colours):
-            points = [(levels, *xy(s[key][0], s["gap_db"][0])) for (n, levels), s in sorted(stats.items()) if n == name]
+            points = [(levels, *xy(s[x_key][0], sign * s[y_key][0]))
+                      for (n, levels), s in sorted(stats.items()) if n == name]
             if points:
-                d.line([(px, py) for _, px, py in points], fill=palette[colour], width=2)
+                d.line([(px, py) for _, px, py in points], fill=colour, width=2)
                 for levels, px, py in points:
-                    d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=palette[colour])
-                    d.text((px + 4, py - 12), str(levels), fill=palette[colour])
+                    d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+                    d.text((px + 4, py - 12), str(levels), fill=colour)
     for i, (name, colour) in enumerate(zip(CANDIDATES, colours)):
-        d.text((margin, height + 20 * i), f"{name} (each point labelled with its eps in levels)",
-               fill=palette[colour])
+        d.text((margin, height + 20 * i), f"{name} (each point labelled with its eps in levels)", fill=colour)
     sheet.save(path)
 
 
