@@ -160,3 +160,27 @@ def test_the_default_budget_and_the_paper_one_flag_away(capsys):
     with pytest.raises(SystemExit) as e:
         resolve_budget(parser, parser.parse_args(["--image", "x.png", "--paper", "--fidelity", "1"]))
     assert e.value.code == 2 and "--paper" in capsys.readouterr().err
+
+
+def test_a_report_made_with_the_paper_budget_resumes_under_paper(tmp_path, capsys):
+    """Reports made before the budget could be chosen hold no budget settings: --paper records none either, so
+    they resume under it; the default budget protects the photo again."""
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(photo)
+    args = ["--image", str(photo), "--model", "tiny", "--height", "64", "--width", "64", "--frames", "3",
+            "--sample-steps", "2", "--steps", "1", "--no-video-check"]
+
+    def run(extra):
+        try:
+            attack.main(args + extra)
+        except SystemExit as e:
+            assert e.code == 0
+        return capsys.readouterr().err
+
+    run(["--paper"])
+    settings = json.loads((tmp_path / "p.guarded.json").read_text())["settings"]
+    assert not {"paper", "budget", "chroma"} & set(settings) and settings["fidelity"] == 0.0
+    assert "done already" in run(["--paper"])
+    assert "done already" not in run([])
+    settings = json.loads((tmp_path / "p.guarded.json").read_text())["settings"]
+    assert (settings["budget"], settings["chroma"], settings["paper"]) == ("perceptual", 0.0, False)
