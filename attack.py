@@ -191,10 +191,10 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     How the budget is spent, so that the change shows least (docs/imperceptibility.md): `budget` "flat" gives
     every pixel eps, as the paper does; "perceptual" gives each pixel the share min(1, JND / 8 levels) of eps
     (judging/visibility.py: at 8/255 at most one just-noticeable difference; little on smooth skin and sky, all
-    of eps in texture and shadow). `chroma` is the share
-    of the budget that may differ between the colour channels: 1, the paper's, moves each channel on its own; 0
-    moves the three together (a change of lightness, no colour cast); between, (1 - chroma) eps is shared and
-    chroma eps is each channel's own. Every pixel stays within eps in every channel whatever these are.
+    of eps in texture and shadow). `chroma` is the share of the budget that may differ between the colour
+    channels: 1, the paper's, moves each channel on its own; 0 moves the three together (a change of lightness,
+    no colour cast); between, (1 - chroma) eps is shared and chroma eps is each channel's own. Every pixel stays
+    within eps in every channel whatever these are.
     """
     attn_blocks = attn_blocks or model.default_attn_blocks()
     unknown = set(attn_blocks) - set(model.attention_names)
@@ -216,8 +216,9 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     # ||A_adv - A_src||^2 has zero gradient.
     bound = torch.tensor([1 - chroma] + [chroma] * 3).view(1, 4, 1, 1).to(I_src) * eps
     own = (torch.rand((1, 3, *grid), generator=generator) * 2 - 1).to(I_src) * chroma * eps  # (1, 3, *grid)
-    shared = (torch.rand((1, 1, *grid), generator=generator) * 2 - 1).to(I_src) * (1 - chroma) * eps if chroma < 1 \
-        else torch.zeros_like(own[:, :1])  # (1, 1, *grid)
+    shared = torch.zeros_like(own[:, :1])  # (1, 1, *grid); drawn only when used, so the paper's draws stay as they were
+    if chroma < 1:
+        shared = (torch.rand((1, 1, *grid), generator=generator) * 2 - 1).to(I_src) * (1 - chroma) * eps
     delta = torch.cat([shared, own], 1)  # (1, 4, *grid)
     # Algorithm 1's own update, on I_adv at the photo's pixels, where nothing lies between delta and the photo
     per_pixel = grid == photo and budget == "flat" and chroma == 1

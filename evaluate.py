@@ -156,7 +156,8 @@ def evaluate_photo(svd, victim, judges, photo, folder, methods, args):
 RUN_FILES = ("tables.md", "results.csv", "results.json")
 # What a photo's results depend on: a rerun with other values must not reuse them.
 SETTINGS = ("model", "victim", "variant", "dtype", "eps", "budget", "chroma", "fidelity", "steps", "seed",
-            "video_seeds", "frames", "sample_steps", "height", "width", "decode_chunk", "no_judges", "dino", "aesthetic")
+            "video_seeds", "frames", "sample_steps", "height", "width", "decode_chunk", "no_judges", "dino",
+            "aesthetic")
 
 
 def read_record(done):

@@ -16,7 +16,8 @@ def tensors(n, seed=0, shape=SHAPE):
 
 
 def sq(a, b):
-    """||a - b||^2 as the paper's mean over elements, in numpy."""
+    """||a - b||^2 as the paper's mean over elements, in numpy (float64; the terms reduce in float32, hence the
+    comparisons to 1e-6 relative)."""
     return float(np.mean((np.asarray(a) - np.asarray(b)) ** 2))
 
 
@@ -30,7 +31,7 @@ def grad_of(loss, x):
 def test_squared_distance_terms(term):
     """Eq. 1, L_enc = ||E(I_adv) - E(I_tg)||^2, and the fidelity term: value and gradient 2 (a - b) / n."""
     a, b = tensors(2)
-    assert term(a, b).item() == pytest.approx(sq(a, b), rel=1e-6)  # the terms reduce in float32
+    assert term(a, b).item() == pytest.approx(sq(a, b), rel=1e-6)
     torch.testing.assert_close(grad_of(lambda x: term(x, b), a), 2 * (a - b) / a.numel())
 
 
@@ -42,7 +43,7 @@ def test_contrastive_loss_and_its_hinge(side):
     distance = sq(X0_adv, X_0)  # about 2 for independent unit normals
     tau1 = distance + 0.5 if side == "hinge active" else distance - 0.5
     expected = sq(X0_adv, X_tg) + max(0.0, tau1 - distance)
-    assert contrastive_loss(X0_adv, X_tg, X_0, tau1).item() == pytest.approx(expected, rel=1e-6)  # the terms reduce in float32
+    assert contrastive_loss(X0_adv, X_tg, X_0, tau1).item() == pytest.approx(expected, rel=1e-6)
     n = X0_adv.numel()
     expected_grad = 2 * (X0_adv - X_tg) / n - (2 * (X0_adv - X_0) / n if side == "hinge active" else 0)
     torch.testing.assert_close(grad_of(lambda x: contrastive_loss(x, X_tg, X_0, tau1), X0_adv), expected_grad)
@@ -56,7 +57,7 @@ def test_attention_loss_pushes_the_maps_away():
     A_src = dict(zip(blocks, tensors(2, seed=3, shape=(2, 3, 4, 4))))
     tau2 = 0.5
     expected = tau2 - (sq(A_adv["down.0"], A_src["down.0"]) + sq(A_adv["down.1"], A_src["down.1"])) / 2
-    assert attention_loss(A_adv, A_src, tau2).item() == pytest.approx(expected, rel=1e-6)  # the terms reduce in float32
+    assert attention_loss(A_adv, A_src, tau2).item() == pytest.approx(expected, rel=1e-6)
     x = A_adv["down.0"]
     g = grad_of(lambda a: attention_loss({"down.0": a, "down.1": A_adv["down.1"]}, A_src, tau2), x)
     torch.testing.assert_close(g, -2 * (x - A_src["down.0"]) / x.numel() / 2)
