@@ -19,9 +19,10 @@ from weights import TOY_MODEL, load_svd
 EXAMPLES = TOY_MODEL.parents[1] / "examples"
 SIZE, STEPS, SAMPLE_STEPS = (64, 64), 20, 10
 ATTACK_SEED, VIDEO_SEED = 0, 1  # the videos that judge are made with randomness the attack never saw
-# Measured with these settings on the shipped toy (the test prints the figures): i2vguard's video is 16.39 dB
-# (astronaut_face: 29.84 against 46.23) and 16.09 dB (chelsea: 29.49 against 45.58) further from V_0 than
-# random-sign's; the margin asked is half the smaller gap.
+# Measured with these settings on the shipped toy (the test prints the figures): with the default perceptual
+# budget i2vguard's video is 12.11 dB (astronaut_face: 34.12 against 46.23) and 10.12 dB (chelsea: 35.46 against
+# 45.58) further from V_0 than random-sign's (16.39 and 16.09 dB with the paper's flat budget); the margin asked
+# is 8 dB, four fifths of the smaller gap.
 MARGIN_DB = 8.0
 
 
@@ -59,6 +60,22 @@ def test_i2vguard_moves_the_video_further_than_random_noise(toy, name):
         psnr_to_V_0[method] = mean_psnr(video_of(toy, quantise(rgb8, I_adv, 8 / 255, None)), V_0)
     print(f"\n{name}: video PSNR to V_0, " + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr_to_V_0.items()))
     assert psnr_to_V_0["random-sign"] - psnr_to_V_0["i2vguard"] > MARGIN_DB
+
+
+def test_a_larger_photo_keeps_its_protection_on_the_models_grid(toy):
+    """The full-size result at a small size: the same photo at the toy's 64 pixels and upsampled to 256, guarded
+    with the defaults (steps on the model's grid), give videos as far from their V_0 within 1 dB (measured: 35.23
+    and 35.65 dB; README, Full-size photos: 0.04 dB at 1024 pixels with the paper's budget)."""
+    rgb8, _, _ = read_photo(EXAMPLES / "64px" / "chelsea.png")
+    distance = {}
+    for side in (64, 256):
+        photo = torch.nn.functional.interpolate(rgb8[None].float(), size=(side, side), mode="bicubic")[0]
+        photo = photo.round().clamp(0, 255).to(torch.uint8)
+        I_adv, _ = protect(SVDPipeline(toy), photo.float() / 255, steps=STEPS, size=SIZE, sample_steps=SAMPLE_STEPS,
+                           seed=ATTACK_SEED)
+        distance[side] = mean_psnr(video_of(toy, quantise(photo, I_adv, 8 / 255, None)), video_of(toy, photo))
+    print(f"\nchelsea: video PSNR to V_0 at 64 px {distance[64]:.2f} dB, at 256 px {distance[256]:.2f} dB")
+    assert abs(distance[256] - distance[64]) < 1
 
 
 def test_attack_command_takes_the_toy_at_its_own_size(tmp_path):
