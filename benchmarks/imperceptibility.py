@@ -2,16 +2,17 @@
 flat RGB budget, lightness only, the perceptual budget, the fidelity term, and their combinations) at several
 budgets, on held-out photos at their own size, judged on videos made with seeds the attack never used.
 
-    python benchmarks/imperceptibility.py --model toy --out curve.json            # every candidate, ~40 min
+    python benchmarks/imperceptibility.py --model toy --out curve.json            # every candidate, ~1 h
     python benchmarks/imperceptibility.py --model toy --candidates paper,lightness --out a.json
     python benchmarks/imperceptibility.py --merge a.json b.json --figure curve.png  # the table and the figure
-    python benchmarks/imperceptibility.py --model toy --look faces.jpg             # the faces at 2x, ~2 min
+    python benchmarks/imperceptibility.py --model toy --look faces.jpg             # the faces at 2x, ~3 min
 
 Per candidate and budget, mean ± std over photos x video seeds: what the owner sees (the guarded PNG's PSNR
 and CIEDE2000 to the photo, at its own size and as a screen shows it: judging/visibility.py) and what
 the adversary gets (the video's PSNR to the clean photo's video V_0, lower = better protected, and its gap
 to the video of ±eps random-sign noise of the same budget, higher = better protected). The figure plots the
-gap against the photo's PSNR and against its CIEDE2000, one line per candidate through its budgets.
+gap against the photo's PSNR and against its CIEDE2000, and the video's PSNR to V_0 against the CIEDE2000, one
+line per candidate through its budgets (docs/imperceptibility.md).
 """
 import argparse
 import json
