@@ -2,7 +2,7 @@
 flat RGB budget, lightness only, the perceptual budget, the fidelity term, and their combinations) at several
 budgets, on held-out photos at their own size, judged on videos made with seeds the attack never used.
 
-    python benchmarks/imperceptibility.py --model toy --out curve.json            # every candidate, ~1 h
+    python benchmarks/imperceptibility.py --model toy --out curve.json            # every candidate, ~40 min
     python benchmarks/imperceptibility.py --model toy --candidates paper,lightness --out a.json
     python benchmarks/imperceptibility.py --merge a.json b.json --figure curve.png  # the table and the figure
     python benchmarks/imperceptibility.py --model toy --look faces.jpg             # the faces at 2x, ~3 min
