@@ -97,7 +97,8 @@ def test_texture_raises_the_jnd_and_the_budget_stays_within_eps():
     assert J[8, 8] > J[8, 0] + 1 and J[8, 8] > J[8, 15] + 1
     w = perceptual_budget(photo)
     assert w.shape == (1, 1, 16, 16) and 0 < w.min() and w.max() <= 1
-    assert w[0, 0, 8, 0].item() == pytest.approx(J[8, 0].item() / 8, abs=1e-6)
+    flat_100 = 17 * (1 - (100 / 127) ** 0.5) + 3  # grey 100, far from the edge: its luminance adaptation alone
+    assert w[0, 0, 8, 0].item() == pytest.approx(flat_100 / 8, abs=1e-4)
 
 
 @pytest.fixture(scope="module")
