@@ -39,7 +39,7 @@ from pipelines import load_pipeline
 from pipelines.poses import read_body, read_poses
 from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_dtype, default_low_memory, fail,
                           json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
-                          text_conditioned, weights_hint, write_files)
+                          text_conditioned, wan_model, weights_hint, write_files)
 from plumbing.files import (already_protected, digest, existing_photos, files_written, input_files, model_folder,
                             output_paths, peak_memory, quantise)
 from plumbing.flags import attack_flags, resolve_budget
@@ -183,10 +183,11 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     the adversary's pipeline (expectation over transformations); the calibration draws them too.
 
     Where the perturbation lives (`perturb_at`): "photo", at the photo's own pixels, as Algorithm 1 has it;
-    "model" (the default), on the working grid of min(photo, model input) pixels per side, upsampled to the
-    photo (a convex combination: within the budget at every pixel). For a photo no larger than the model's
-    input the two are the same attack. For a larger one, the pipeline's downscale averages per-pixel steps
-    away; steps taken on the grid it shrinks to survive it (docs/full-size.md).
+    "model" (the default), on the working grid of min(photo, model input) pixels per side, upsampled to the photo (a
+    convex combination: within the budget at every pixel); where the pipeline crops the photo (ControlNeXt, Wan),
+    the grid covers the part it keeps (`model.seen_box`) and the rest is left as it is. For a photo no larger than
+    the model's input the two are the same attack. For a larger one, the pipeline's downscale averages per-pixel
+    steps away; steps taken on the grid it shrinks to survive it (docs/full-size.md).
 
     How the budget is spent, so that the change shows least (docs/imperceptibility.md): `budget` "flat" gives
     every pixel eps, as the paper does; "perceptual" gives each pixel the share min(1, JND / 8 levels) of eps
@@ -205,7 +206,9 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     I_src = I_src[None].float()  # (1, 3, H0, W0)
     m = torch.ones_like(I_src[:, :1]) if mask is None else mask.to(I_src)[None, None]  # (1, 1, H0, W0)
     photo = tuple(I_src.shape[-2:])
-    grid = (min(photo[0], size[0]), min(photo[1], size[1])) if perturb_at == "model" else photo
+    # the part of the photo the model sees (a pipeline that crops sees less than all), and the working grid on it
+    top, left, h, w = model.seen_box(photo, size) if perturb_at == "model" else (0, 0, *photo)
+    grid = (min(h, size[0]), min(w, size[1])) if perturb_at == "model" else photo
     if method == "random-sign":  # uniform-sign noise at the photo's own pixels
         noise = (torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m
         return (I_src + eps * noise.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
@@ -223,9 +226,10 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     # Algorithm 1's own update, on I_adv at the photo's pixels, where nothing lies between delta and the photo
     per_pixel = grid == photo and budget == "flat" and chroma == 1
 
-    def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid, zero outside the mask
-        rgb = delta[:, :1] + delta[:, 1:]  # (1, 3, *grid)
-        return (rgb if grid == photo else F.interpolate(rgb, size=photo, mode=UPSAMPLE)) * m
+    def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid to the part the model
+        rgb = delta[:, :1] + delta[:, 1:]  # sees, zero outside it and the mask; (1, 3, *grid)
+        rgb = rgb if grid == (h, w) else F.interpolate(rgb, size=(h, w), mode=UPSAMPLE)  # (1, 3, h, w)
+        return F.pad(rgb, (left, photo[1] - left - w, top, photo[0] - top - h)) * m
 
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
@@ -294,6 +298,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     rgb8, alpha, icc = read_photo(photo)
     if mask is not None and mask.shape != rgb8.shape[-2:]:
         raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {rgb8.shape[2]}x{rgb8.shape[1]}")
+    size = (args.height, args.width) if args.height else model.frame_size(rgb8.shape[-2:])  # Wan: the photo's shape
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -302,7 +307,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                              mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
                              step_size=args.step_size, update=args.update, fidelity=args.fidelity, alpha=args.alpha,
                              beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
-                             size=(args.height, args.width), attn_blocks=args.attn_blocks,
+                             size=size, attn_blocks=args.attn_blocks,
                              sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
                              recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
                              chroma=args.chroma, progress=True)
@@ -312,7 +317,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     report = {
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
         "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
-        "settings": report_settings(args), "inputs_sha256": inputs_sha256,
+        "settings": report_settings(args), "inputs_sha256": inputs_sha256, "model_size": list(size),
         **owner_view(rgb8, guarded8), "linf": (a - b).abs().max().item(),
         "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
         "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
@@ -321,14 +326,14 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     if args.video_check or args.preview:
         # Does it protect? The videos of the photo and of the guarded photo, at a seed the attack never used
         video_seed = held_out_seeds(args.seed)[0]
-        V_src, V_adv = (model.video(x, size=(args.height, args.width), num_frames=args.frames, steps=args.sample_steps,
+        V_src, V_adv = (model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps,
                                     seed=video_seed, progress=f"video of the {name} photo").cpu()
                         for name, x in (("source", rgb8), ("guarded", guarded8)))
         distance = video_distance(*(torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for V in (V_adv, V_src)))
         report |= {"video_seed": video_seed, "video_psnr_db": distance["video_psnr"],
                    "video_ssim": distance["video_ssim"]}
     if args.preview:
-        videos = preview(model, rgb8, guarded8, (args.height, args.width), video_seed, args.sample_steps,
+        videos = preview(model, rgb8, guarded8, size, video_seed, args.sample_steps,
                          args.attn_blocks, (V_src, V_adv))
         files |= {out.with_suffix(suffix): data for suffix, data in videos.items()}
     files[out.with_suffix(".json")] = json_bytes(report)
@@ -341,7 +346,8 @@ def report_settings(args):
     worker made them, how long it waited for the others and with how many threads, and the conditions, EOT,
     recalibration and the paper's budget when unused or chosen (so that reports made before they existed still
     resume)."""
-    unused = [k for k in ("eot", "pose", "body", "prompt", "recalibrate", "averaged_maps") if not getattr(args, k)]
+    unused = [k for k in ("eot", "pose", "body", "recalibrate", "averaged_maps") if not getattr(args, k)]
+    unused += [k for k in ("prompt", "negative_prompt") if getattr(args, k, None) is None]
     if args.budget == "flat" and args.chroma == 1:  # the paper's budget, the only one before it could be chosen
         unused += ["paper", "budget", "chroma"]
     ignored = ("image", "out", "shard", "join_timeout", "threads", *unused)
@@ -374,6 +380,9 @@ def main(argv=None):
     for flag in ("prompt", "averaged_maps"):
         if getattr(args, flag) and not text_model:
             fail(f"--{flag.replace('_', '-')}: only for a text-conditioned model (--model cogvideox), not {args.model}")
+    if args.negative_prompt is not None and not wan_model(args.model):
+        fail(f"--negative-prompt: only for Wan (--model wan), not {args.model}")
+    args.prompt = args.prompt if wan_model(args.model) else args.prompt or None  # CogVideoX: "" is no prompt
     poses = None
     if args.pose:
         if not pose_conditioned(args.model):
@@ -394,18 +403,21 @@ def main(argv=None):
     args.dtype = args.dtype or default_dtype(device)
     try:
         model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses, body=body,
-                              prompt=args.prompt, size=(args.height, args.width), num_frames=args.frames,
-                              averaged_maps=args.averaged_maps)
+                              prompt=args.prompt, negative_prompt=args.negative_prompt, size=(args.height, args.width),
+                              num_frames=args.frames, averaged_maps=args.averaged_maps)
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     except ValueError as e:
         fail(f"--prompt: {e}")
     args.frames = args.frames or model.num_frames
-    if model.size_problem((args.height, args.width), args.frames):
+    if wan_model(args.model) and args.prompt is None:
+        print(f"Wan: the adversary's prompt is unknown; the attack assumes one of {model.motions} plain prompts asking "
+              "to animate a person, drawn per iteration (pipelines/prompts.py; --prompt gives it)", file=sys.stderr)
+    if args.height and model.size_problem((args.height, args.width), args.frames):
         fail(model.size_problem((args.height, args.width), args.frames))
     if poses is not None and args.frames > len(poses[0]):
         fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
-    args.low_memory = default_low_memory(device) if args.low_memory is None else args.low_memory
+    args.low_memory = default_low_memory(device, args.model) if args.low_memory is None else args.low_memory
     model.low_memory(args.low_memory)
     args.attn_blocks = args.attn_blocks or model.default_attn_blocks()
     unknown = set(args.attn_blocks) - set(model.attention_names)

@@ -19,6 +19,7 @@ from PIL import features
 
 from pipelines import cogvideox, controlnext, wan
 from pipelines import poses as pose_sequences
+from pipelines.prompts import RELEASE_EXAMPLE_PROMPT, RELEASE_NEGATIVE_PROMPT
 from pipelines.svd import generate, load_model
 from plumbing.cli import (FAILURE, MAX_FRAMES, check_writable, choose_threads, command, default_dtype,
                           default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, wan_model, weights_hint,
@@ -64,11 +65,12 @@ def main(argv=None):
     if args.frames_dir:
         check_writable(args.frames_dir, may_create=True)
     args.height, args.width = model_size(args.height, args.width, args.model)
+    args.fps = args.fps or (wan.FPS if wan_model(args.model) else 7)
     device = parse_device(args.device)
     dtype = getattr(torch, args.dtype or default_dtype(device))
     try:
         photo = load_image(image)
-        resized = load_image(image, (args.height, args.width))
+        resized = load_image(image, (args.height, args.width) if args.height else None)
     except ValueError as e:
         fail(f"{image}: {e}")
     if pose_conditioned(args.model):
@@ -79,7 +81,9 @@ def main(argv=None):
         fail(f"{flag}: {args.model} is not a pose-conditioned model (--model controlnext is)")
     if wan_model(args.model):
         args.steps = args.steps or 50
-        return sample_with_wan(args, device, dtype, resized, out)
+        return sample_with_wan(args, device, dtype, out)
+    if args.negative_prompt is not None:
+        fail(f"--negative-prompt: only for Wan (--model wan), not {args.model}")
     if text_conditioned(args.model):
         args.steps = args.steps or 50
         return sample_with_text(args, device, dtype, resized, out)
@@ -143,7 +147,7 @@ def sample_with_text(args, device, dtype, resized, out):
         fail(f"--frames: CogVideoX makes 4k + 1 frames (49, 45, ...), got {num_frames}")
     try:
         model = cogvideox.load_by_name(args.model, dtype, device)
-        ids, negative = cogvideox.prompt_tokens(model.source, args.prompt), cogvideox.prompt_ids("")
+        ids, negative = cogvideox.prompt_tokens(model.source, args.prompt or ""), cogvideox.prompt_ids("")
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     except ValueError as e:
@@ -161,29 +165,39 @@ def sample_with_text(args, device, dtype, resized, out):
     write_video(frames, args, out, frame_files)
 
 
-def sample_with_wan(args, device, dtype, resized, out):
-    """Wan2.2-TI2V-5B (pipelines/wan.py), as WanImageToVideoPipeline runs the release: 81 frames unless --frames
-    (4k + 1), guidance 5, UniPC with shift 5; image only (the empty prompt's umT5 embedding, made once, the encoder
-    freed before sampling). Sizes are multiples of 32."""
-    num_frames = args.frames or 81
+def sample_with_wan(args, device, dtype, out):
+    """Wan2.2-TI2V-5B (pipelines/wan.py), as the release runs it: 121 frames unless --frames (4k + 1), written at 24 fps
+    unless --fps; the frame of the photo's own shape (best_output_size at 704x1280) unless --height and --width, the
+    photo resized and centre-cropped to it; guidance 5 against the release's negative prompt unless
+    --negative-prompt; UniPC with shift 5 on the release's sigma grid; without --prompt, the release's example
+    prompt (its generate.py's). The umT5 embeddings are made once and the encoder freed before sampling."""
+    num_frames = args.frames or wan.FRAMES
     if (num_frames - 1) % 4:
-        fail(f"--frames: Wan makes 4k + 1 frames (81, 49, ...), got {num_frames}")
-    if args.height % 32 or args.width % 32:
+        fail(f"--frames: Wan makes 4k + 1 frames ({wan.FRAMES}, 81, ...), got {num_frames}")
+    if args.height and (args.height % 32 or args.width % 32):
         fail(f"--height and --width must be multiples of 32 for Wan, got {args.height}x{args.width}")
-    if args.prompt or args.scheduler != "ddim" or args.dynamic_guidance:
-        fail("--prompt, --scheduler and --dynamic-guidance are CogVideoX's; Wan samples the image-only setting")
+    if args.scheduler != "ddim" or args.dynamic_guidance:
+        fail("--scheduler and --dynamic-guidance are CogVideoX's; Wan samples with the release's UniPC")
+    if args.prompt is None:
+        args.prompt = RELEASE_EXAMPLE_PROMPT
+        print(f"Wan: no --prompt, so the release's example prompt: {args.prompt!r}", file=sys.stderr)
+    negative = RELEASE_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
+    rgb8 = read_photo(args.image)[0]
     try:
         model = wan.load_by_name(args.model, dtype, device)
+        tokenizer = wan.load_tokenizer(model.source)
+        with torch.no_grad():
+            text, negative = (wan.prompt_embeddings(model.text_encoder, *wan.prompt_ids(tokenizer, p))
+                              for p in (args.prompt, negative))
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
-    with torch.no_grad():
-        empty = wan.prompt_embeddings(model.text_encoder, *wan.prompt_ids(""))
     model.text_encoder = None  # 10.6 GiB in bfloat16, needed once
+    size = (args.height, args.width) if args.height else wan.frame_size(rgb8.shape[-2:], model)
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
     refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
                    input_files(args.image, args.pose, model_folder(args.model)))
-    frames = wan.generate_wan(model, resized, prompt_embeds=empty, negative_embeds=empty, steps=args.steps,
-                              num_frames=num_frames, seed=args.seed, progress=True)
+    frames = wan.generate_wan(model, wan.release_input(rgb8, size), prompt_embeds=text, negative_embeds=negative,
+                              steps=args.steps, num_frames=num_frames, seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)
 
 

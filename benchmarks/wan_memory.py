@@ -1,6 +1,7 @@
-"""Memory of I2VGuard against Wan2.2-TI2V-5B at 480x832x49 in bfloat16, measured on the meta device (no weights, no
-GPU, seconds on a CPU): one attack iteration (attack.Objective with all terms, then the backward pass to the photo),
-with and without checkpointing, and the sampling the attack starts with (V_0 = P(I_src)).
+"""Memory of I2VGuard against Wan2.2-TI2V-5B at the release's 704x1280x121 in bfloat16 (or another size), measured on
+the meta device (no weights, no GPU, seconds on a CPU): one attack iteration (attack.Objective with all terms, then
+the backward pass to the photo), with and without checkpointing, and the sampling the attack starts with (V_0 =
+P(I_src)).
 
 The official-size networks are built on the meta device, where every op computes only shapes, and run through the
 real pieces (wan.WanPipeline: E, G with the maps of blocks 14 and 15, the source pass without gradients). The two
@@ -11,7 +12,8 @@ estimated peak is the weights plus the live peak; the allocator's fragmentation 
 As there, the self-attention runs as aten._scaled_dot_product_flash_attention (what a GPU takes for bfloat16 with
 head dim 128), not the math path the meta device would take (24 x 5,070^2 x 4 B = 2.3 GB of probabilities per block).
 
-    python benchmarks/wan_memory.py            # the Markdown tables
+    python benchmarks/wan_memory.py                                   # the Markdown tables at 704x1280x121
+    python benchmarks/wan_memory.py --height 480 --width 832 --frames 49
 """
 import argparse
 import sys
@@ -26,7 +28,7 @@ import cogvideox_memory  # noqa: E402
 from cogvideox_memory import GiB, PARTS, LiveBytes, SavedBytes, nbytes, storage_key  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.wan import UMT5Encoder, WanTransformer, WanVAE, WanVAEConfig  # noqa: E402
-from pipelines.wan import Wan, WanPipeline  # noqa: E402
+from pipelines.wan import AREA, FRAMES, Wan, WanPipeline, tiny_tokenizer  # noqa: E402
 
 MODES = {"none": (False, False), "blocks": (True, False), "VAE": (False, True), "blocks + VAE": (True, True)}
 
@@ -107,7 +109,7 @@ def sampling(pipeline, excluded, size, frames):
     saved = WanSavedBytes(pipeline.networks, excluded)
     with patched(saved), torch.no_grad():
         x = torch.empty(2, 48, f, h, w, device="meta", dtype=torch.bfloat16)
-        text = torch.cat([pipeline.negative_embeds, pipeline.prompt_embeds]).to(torch.bfloat16)
+        text = torch.cat([pipeline.negative_embeds, pipeline.prompt_embeds[0]]).to(torch.bfloat16)
         live = LiveBytes(excluded)
         with live:
             t(x, torch.full((2, f * t.tokens_per_frame(h, w)), 499.0, device="meta"), text)
@@ -120,9 +122,9 @@ def sampling(pipeline, excluded, size, frames):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--height", type=int, default=480, help="model resolution (a multiple of 32)")
-    p.add_argument("--width", type=int, default=832, help="model resolution (a multiple of 32)")
-    p.add_argument("--frames", type=int, default=49, help="video frames (4k + 1)")
+    p.add_argument("--height", type=int, default=704, help="model resolution (a multiple of 32)")
+    p.add_argument("--width", type=int, default=AREA // 704, help="model resolution (a multiple of 32)")
+    p.add_argument("--frames", type=int, default=FRAMES, help="video frames (4k + 1)")
     args = p.parse_args(argv)
     size, frames = (args.height, args.width), args.frames
     if size[0] % 32 or size[1] % 32 or (frames - 1) % 4:
@@ -131,9 +133,11 @@ def main(argv=None):
     networks = meta_networks(torch.bfloat16)
     sizes, _ = weights(networks)
     t5 = sizes.pop("umT5 encoder")
-    pipeline = WanPipeline(networks)  # embeds the empty prompt on meta, then drops umT5
+    # embeds the release's negative prompt and the attack's prompts on meta (any token ids will do: only shapes count
+    # here), then drops umT5
+    pipeline = WanPipeline(networks, tokenizer=tiny_tokenizer())
     _, excluded = weights(networks)
-    excluded |= {storage_key(e) for e in (pipeline.prompt_embeds, pipeline.negative_embeds)}
+    excluded |= {storage_key(e) for e in (*pipeline.prompt_embeds, pipeline.negative_embeds)}
     resident = sum(sizes.values())
     tokens = (frames - 1) // 4 + 1, size[0] // 32 * (size[1] // 32)
 
@@ -165,7 +169,7 @@ def main(argv=None):
           f"GiB saved; with it, its inputs: {rows['blocks'][0]['transformer blocks'] / n_layers / GiB:.3f} GiB.\n")
 
     step, decode = sampling(pipeline, excluded, size, frames)
-    print("## Sampling V_0 = P(I_src) (no gradients; guidance 5: batch 2)\n")
+    print(f"## Sampling V_0 = P(I_src), once per prompt ({pipeline.motions}; no gradients; guidance 5: batch 2)\n")
     print("| GiB | |\n|---|---:|")
     print(f"| weights (umT5 freed) | {resident / GiB:.2f} |")
     print(f"| live peak, one transformer forward, batch 2 | {step / GiB:.2f} |")

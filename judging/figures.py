@@ -139,5 +139,6 @@ def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
     maps = temporal_maps(model, inputs, X_t, sigma, d, size, attn_blocks)
     figure = io.BytesIO()
     attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
-    return {".before.gif": video_bytes(to_images(V_src), FPS), ".after.gif": video_bytes(to_images(V_adv), FPS),
-            ".preview.gif": video_bytes(side_by_side, FPS), ".attention.png": figure.getvalue()}
+    fps = getattr(model, "fps", FPS)  # the rate the release writes its videos at, where it has one
+    return {".before.gif": video_bytes(to_images(V_src), fps), ".after.gif": video_bytes(to_images(V_adv), fps),
+            ".preview.gif": video_bytes(side_by_side, fps), ".attention.png": figure.getvalue()}

@@ -12,30 +12,36 @@ Algorithm 1 (P, E, S, G: see pipelines/svd.py for what each piece is).
                                    is the prompt's T5 embedding, made once (empty: image only)
   Wan2.2-TI2V-5B (text)            'wan' (Wan-AI/Wan2.2-TI2V-5B-Diffusers), a local folder whose transformer/ is a
                                    WanTransformer3DModel (pipelines/wan.py), or 'tiny-wan' (untrained, for tests); the
-                                   photo's latent replaces frame 0; its condition is the prompt's umT5 embedding
+                                   photo's latent replaces frame 0; its condition is the prompt's umT5 embedding, the
+                                   adversary's, or else one of pipelines/prompts.py's drawn per iteration
 
 Each model's file holds its pipeline as those pieces together with its own sampler (SVD's also holds
-the conditioning that ControlNeXt reuses); poses.py draws ControlNeXt's pose sequences and tokenizer.py
-is CogVideoX's T5 tokenizer. May import: torch, the run-time packages, model/, weights.py and plumbing/.
+the conditioning that ControlNeXt reuses); poses.py draws ControlNeXt's pose sequences, tokenizer.py
+is the T5 and umT5 tokenizer and prompts.py holds Wan's prompts and their cleaning. May import: torch, the run-time
+packages, model/, weights.py and plumbing/.
 Nothing here imports the judging or a command.
 """
 from pipelines import cogvideox, controlnext, wan
 from pipelines.poses import generic_poses
+from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT
 from pipelines.svd import SVDPipeline, load_model
 from plumbing.cli import pose_conditioned, text_conditioned, wan_model
 
 
-def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None, prompt="", size=None,
-                  num_frames=None, averaged_maps=False):
+def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None, prompt=None, negative_prompt=None,
+                  size=None, num_frames=None, averaged_maps=False):
     """The adversary's pipeline for a --model name, its networks on `device` in `dtype`. A pose-conditioned
     model follows `poses`, a list of pose sequences (F,3,H,W) in [0,1], or else the generic sequences of
     pipelines/poses.py drawn at `size` with `num_frames` frames (default: one sampling window, or the UNet's frames),
     fitted to the photo's keypoints `body` (poses.read_body) if given;
-    a text-conditioned one, `prompt`, and its temporal maps per token position unless averaged_maps."""
+    a text-conditioned one, `prompt` (None: CogVideoX's image-only setting, Wan's ATTACK_PROMPTS) and Wan's
+    `negative_prompt` (None: the release's), and its temporal maps per token position unless averaged_maps."""
     if wan_model(name):
-        return wan.WanPipeline(wan.load_by_name(name, dtype, device), prompt, averaged_maps=averaged_maps)
+        prompts = ATTACK_PROMPTS if prompt is None else [prompt]
+        negative = RELEASE_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        return wan.WanPipeline(wan.load_by_name(name, dtype, device), prompts, negative, averaged_maps=averaged_maps)
     if text_conditioned(name):
-        return cogvideox.CogVideoXPipeline(cogvideox.load_by_name(name, dtype, device), prompt,
+        return cogvideox.CogVideoXPipeline(cogvideox.load_by_name(name, dtype, device), prompt or "",
                                            averaged_maps=averaged_maps)
     if not pose_conditioned(name):
         return SVDPipeline(load_model(name, device, dtype, variant))

@@ -374,6 +374,11 @@ class CogVideoXPipeline:
         """Every block's joint attention, whose frame-to-frame maps G can return."""
         return self.networks.transformer.attention_names
 
+    def seen_box(self, photo_size, size):
+        """(top, left, height, width): the part of a photo of photo_size = (H0, W0) the model sees: all of it, resized
+        to `size` whatever its shape, as the reference pipeline does."""
+        return (0, 0, *photo_size)
+
     def default_attn_blocks(self):
         """The middle of the stack, the paper's "middle blocks in the transformer": blocks n/2 - 1 and n/2 of n
         (20 and 21 of the release's 42)."""

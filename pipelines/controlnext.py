@@ -31,7 +31,8 @@ from tqdm import tqdm
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, euler_step, karras_sigmas, precondition
 from pipelines.poses import release_crop_box
-from pipelines.svd import SVDPipeline, added_time_ids, clip_embedding, decode, image_conditioning, seeded_generator
+from pipelines.svd import (SVDPipeline, added_time_ids, box_in_photo, clip_embedding, decode, image_conditioning,
+                           seeded_generator)
 from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
 BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
@@ -246,6 +247,12 @@ class ControlNeXtPipeline(SVDPipeline):
     def motion(self, d):
         """The pose sequence a draw d follows."""
         return d[1]
+
+    def seen_box(self, photo_size, size):
+        """(top, left, height, width): the part of a photo of photo_size = (H0, W0) the model sees at `size`, in the
+        photo's pixels: the release's centre crop (release_crop_box)."""
+        height, width, top, left = release_crop_box(*photo_size, *size)
+        return box_in_photo(photo_size, (height, width), top, left, size)
 
     def model_input(self, rgb8, size):
         """The photo (3,H,W) in [-1,1] the model sees from an 8-bit photo: photo_input."""

@@ -12,6 +12,7 @@ Photos I are (1,3,H0,W0) in [0,1] at their own size; they reach the model throug
 resize to the run's size. Any image-to-video model that provides these pieces can be attacked.
 """
 
+import math
 import sys
 import warnings
 
@@ -181,6 +182,16 @@ def to_model_input(I, size):
     return I * 2 - 1
 
 
+def box_in_photo(photo_size, resized, top, left, size):
+    """(top, left, height, width) in a photo's pixels of what a pipeline that resizes the photo (H0, W0) to `resized`
+    and crops `size` at (top, left) keeps of it: the pixels the model sees, edges rounded outwards."""
+    scale_y, scale_x = photo_size[0] / resized[0], photo_size[1] / resized[1]
+    y0, x0 = math.floor(top * scale_y), math.floor(left * scale_x)
+    y1 = min(photo_size[0], math.ceil((top + size[0]) * scale_y))
+    x1 = min(photo_size[1], math.ceil((left + size[1]) * scale_x))
+    return y0, x0, y1 - y0, x1 - x0
+
+
 class SVDPipeline:
     """SVD's networks (weights.SVD) with the adversary's pipeline settings: the reference pipeline's
     defaults, 7 fps, motion bucket 127, noise augmentation 0.02."""
@@ -213,6 +224,11 @@ class SVDPipeline:
     def size_problem(self, size, num_frames):
         """Why the networks cannot make `num_frames` frames at `size`, or None: SVD takes any multiple of 8."""
         return None
+
+    def seen_box(self, photo_size, size):
+        """(top, left, height, width): the part of a photo of photo_size = (H0, W0) the model sees: all of it, resized
+        to `size` whatever its shape, as the reference pipeline does."""
+        return (0, 0, *photo_size)
 
     def default_attn_blocks(self):
         """The temporal self-attention of the last downsampling level that has attention, all its layers

@@ -1,11 +1,12 @@
-"""The T5 tokenizer of CogVideoX's text encoder, from scratch with the standard library: SentencePiece's Unigram model
-read straight from the release's `tokenizer/spiece.model` (Kudo & Richardson 2018, "SentencePiece: A simple and
-language independent subword tokenizer and detokenizer for Neural Text Processing"; Kudo 2018, "Subword
-Regularization", for the unigram language model).
+"""The T5 tokenizer of CogVideoX's text encoder and of Wan's umT5 (the same format), from scratch with the standard
+library: SentencePiece's Unigram model read straight from the release's `tokenizer/spiece.model` (Kudo & Richardson
+2018, "SentencePiece: A simple and language independent subword tokenizer and detokenizer for Neural Text
+Processing"; Kudo 2018, "Subword Regularization", for the unigram language model).
 
     tok = T5Tokenizer.from_file("tokenizer/spiece.model")
     tok.encode("A cat, walking.")     # the pieces' ids, as sentencepiece's EncodeAsIds gives them
     tok.ids("A cat, walking.")        # + </s>, padded with <pad> to 226: the pipeline's input_ids
+    T5Tokenizer(model_proto(pieces))  # a model written here (the tiny networks' character-level one)
 
 Each step follows the sentencepiece 0.2.3 source, named below by file and function:
   1. read the ModelProto (protobuf wire format by hand; field numbers from src/sentencepiece_model.proto);
@@ -66,6 +67,30 @@ def read_message(buf):
             raise ValueError("truncated")
         fields.setdefault(number, []).append(value)
     return fields
+
+
+def varint(value):
+    out = bytearray()
+    while value > 0x7F:
+        out, value = out + bytes([value & 0x7F | 0x80]), value >> 7
+    return bytes(out + bytes([value]))
+
+
+def field(number, value):
+    """One protobuf field: an int as a varint, a float as 32 bits, bytes length-delimited."""
+    if isinstance(value, bytes):
+        return varint(number << 3 | 2) + varint(len(value)) + value
+    if isinstance(value, float):
+        return varint(number << 3 | 5) + struct.pack("<f", value)
+    return varint(number << 3) + varint(value)
+
+
+def model_proto(pieces):
+    """The bytes of a SentencePiece Unigram ModelProto with these (piece, score, type) and no normalisation rules
+    (spaces still escaped, the dummy prefix added): read_message's inverse, for models written in code."""
+    proto = b"".join(field(PIECES, field(PIECE, piece.encode()) + field(SCORE, float(score)) + field(TYPE, kind))
+                     for piece, score, kind in pieces)
+    return proto + field(TRAINER_SPEC, field(MODEL_TYPE, 1)) + field(NORMALIZER_SPEC, field(ADD_DUMMY_PREFIX, 1))
 
 
 def last(fields, number, default):

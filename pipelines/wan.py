@@ -1,56 +1,70 @@
 """Wan2.2-TI2V-5B (Wan Team 2025, "Wan: Open and Advanced Large-Scale Video Generative Models", arXiv 2503.20314): a
-photo and a prompt -> 4k + 1 frames (81 at 480x832 by default; native 121 at 704x1280).
+photo and a prompt -> 4k + 1 frames (121 at 24 fps by default, the frame of the photo's shape at about 704x1280).
 
-    model = load_wan()                                                # Wan-AI/Wan2.2-TI2V-5B-Diffusers, bfloat16
+    model = load_wan()                                                 # Wan-AI/Wan2.2-TI2V-5B-Diffusers, bfloat16
+    tokenizer = load_tokenizer(model.source)
     with torch.no_grad():
-        text = prompt_embeddings(model.text_encoder, *prompt_ids(""))  # the paper's image-only setting
-    model.text_encoder = None                                         # 11.4 GB freed: umT5 is needed once per prompt
-    frames = generate_wan(model, image, prompt_embeds=text, negative_embeds=text, seed=0)
+        text, negative = (prompt_embeddings(model.text_encoder, *prompt_ids(tokenizer, p))
+                          for p in ("A woman smiles.", RELEASE_NEGATIVE_PROMPT))
+    model.text_encoder = None                                          # 11.4 GB freed: umT5 is needed once per prompt
+    size = frame_size(photo.shape[-2:])                                # the release's best_output_size
+    frames = generate_wan(model, release_input(photo, size), prompt_embeds=text, negative_embeds=negative, seed=0)
 
 The release is in the diffusers layout; every key and shape is checked, any problem is a one-line WeightsError:
 
     transformer/config.json    transformer/diffusion_pytorch_model.safetensors.index.json + its shards
     vae/config.json            vae/diffusion_pytorch_model.safetensors
     text_encoder/config.json   text_encoder/model.safetensors.index.json + its shards
-    scheduler/scheduler_config.json
+    tokenizer/spiece.model     scheduler/scheduler_config.json
 
 Image to video (diffusers' WanImageToVideoPipeline with expand_timesteps, as the release runs it): there is no
 channel concatenation and no CLIP image. The photo's VAE latent (its posterior mean, normalised per channel) REPLACES
 frame 0 of the noisy latents before every network call, and the tokens of frame 0 get timestep 0 (clean) while the
 others get the step's; the sampled latents' frame 0 is replaced again before decoding. The sampler is UniPC with flow
-prediction and shift 5 (model/wan/scheduler.py), or Euler.
+prediction and shift 5 on the release's sigma grid (model/wan/scheduler.py; diffusers' grid on request), or Euler.
+Guidance 5 against the release's negative prompt (pipelines/prompts.py) unless another is given. As the release
+prepares the photo (wan/textimage2video.py): the frame is best_output_size's, 32-pixel multiples at about 704x1280
+pixels of the photo's aspect; the photo is resized with its aspect kept (Lanczos) to cover it and centre-cropped.
 
 For the attack, WanPipeline gives the pieces of Algorithm 1 that attack.py works through (svd.py names them):
 
-    pipeline = WanPipeline(load_by_name("wan"))   # embeds the prompt once, then frees umT5
-    I_adv, log = attack.protect(pipeline, photo, size=(480, 832), num_frames=49)
+    pipeline = WanPipeline(load_by_name("wan"))   # embeds the prompts once, then frees umT5
+    I_adv, log = attack.protect(pipeline, photo, size=pipeline.frame_size(photo.shape[-2:]), num_frames=121)
 
-tiny_wan() (--model tiny-wan) is the same structure with tiny RANDOM networks, for tests only. Prompts: the empty
-prompt needs no tokenizer; another is given as umT5 token ids (the release's tokenizer files are not read here).
+tiny_wan() (--model tiny-wan) is the same structure with tiny RANDOM networks and a character-level tokenizer, for
+tests only.
 """
+import string
 import sys
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
+from PIL import Image
 from safetensors import safe_open
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from model.t5 import TIED_KEYS
 from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanTransformerConfig, WanVAE, WanVAEConfig
 from model.wan.transformer import FLOAT32_PARTS
 from model.wan.scheduler import flow_sigmas, noised, predicted_x0, sample_euler, sample_unipc
-from pipelines.svd import seeded_generator, to_model_input
-from plumbing.photos import model_input
+from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT, clean_prompt
+from pipelines.svd import box_in_photo, seeded_generator
+from pipelines.tokenizer import CONTROL, NORMAL, UNKNOWN, T5Tokenizer, model_proto
+from plumbing.photos import to_model_image
 from weights import WeightsError, fetch, load_checked, read_config, shard_files
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 TINY = "tiny-wan"  # the --model name of tiny_wan's random networks
 TEXT_LENGTH = 512  # the pipeline pads (and truncates) every prompt to this many umT5 tokens
 EOS, PAD = 1, 0  # umT5's </s> and <pad> token ids
-RELEASE_SCHEDULE = {"num_train_timesteps": 1000, "flow_shift": 5.0}  # what the samplers take from the config
+# what the samplers take from the config, and the sigma grid (the release's own sampler's; "diffusers" as the reference)
+RELEASE_SCHEDULE = {"num_train_timesteps": 1000, "flow_shift": 5.0, "grid": "release"}
+FRAMES, FPS = 121, 24  # the release's video: wan/configs/wan_ti2v_5B.py frame_num and sample_fps
+AREA = 704 * 1280  # the release's max_area: the frame's pixels, whatever the photo's shape
 # scheduler_config.json values the UniPC sampler is written for; any other is refused instead of sampled wrongly
 SCHEDULE_FIXED = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "solver_order": 2,
                   "solver_type": "bh2", "predict_x0": True, "lower_order_final": True, "final_sigmas_type": "zero",
@@ -97,7 +111,7 @@ def read_schedule(source):
         raise WeightsError(f"{path}: num_train_timesteps = {T!r} is not an integer from 1 to 100000")
     if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 < shift < 1e6:
         raise WeightsError(f"{path}: flow_shift = {shift!r} is not a positive number")
-    return {"num_train_timesteps": T, "flow_shift": float(shift)}
+    return {"num_train_timesteps": T, "flow_shift": float(shift), "grid": "release"}
 
 
 def load_text_encoder(source, dtype, device):
@@ -152,6 +166,7 @@ TINY_VAE = WanVAEConfig(base_dim=8, decoder_base_dim=12, dim_mult=(1, 2, 2, 2), 
                         latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.5, 2.0, 1.0))
 TINY_UMT5 = UMT5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=37, num_layers=2, num_heads=2)
 TINY_FRAMES = 17
+TINY_AREA = 64 * 64  # the tiny networks' frame area (best_output_size)
 
 
 def tiny_wan(seed=0, dtype=torch.float32, device="cpu"):
@@ -179,28 +194,104 @@ def load_by_name(name, dtype=torch.bfloat16, device="cpu"):
 
 
 # ---------------------------------------------------------------- prompt
-def prompt_ids(prompt, length=TEXT_LENGTH, token_ids=None):
-    """(ids (1, length), mask (1, length)) as the pipeline feeds umT5: the tokens, </s>, then <pad> (0) up to
-    `length`, the mask 1 on the tokens and </s>. The empty prompt (the paper's image-only setting, and the pipeline's
-    negative prompt) is [</s>] and needs no tokenizer; any other prompt needs token_ids, its tokenizer's output
-    with </s>."""
-    if token_ids is None:
-        if prompt != "":
-            raise ValueError("a prompt other than the empty one needs its token ids")
-        token_ids = [EOS]
-    token_ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()[:length]
-    n = len(token_ids)
-    ids = torch.cat([token_ids, token_ids.new_full((length - n,), PAD)])[None]
+def tiny_tokenizer():
+    """tiny-wan's tokenizer: one piece per printable ASCII character and the word boundary, <pad> 0, </s> 1, <unk> 2
+    (any other character), within TINY_UMT5's 99 embeddings."""
+    characters = string.ascii_letters + string.digits + string.punctuation
+    pieces = [("<pad>", 0.0, CONTROL), ("</s>", 0.0, CONTROL), ("<unk>", 0.0, UNKNOWN), ("\u2581", -2.0, NORMAL)]
+    return T5Tokenizer(model_proto(pieces + [(c, -3.0, NORMAL) for c in characters]))
+
+
+def load_tokenizer(source):
+    """The release's umT5 tokenizer (tokenizer/spiece.model, read by pipelines/tokenizer.py), or tiny_tokenizer() for
+    tiny-wan. A file that is not a SentencePiece Unigram model is a WeightsError. As the release's users run it
+    (transformers' tokenizer, converted from the same file): without byte fallback, a run of characters outside the
+    vocabulary one <unk>."""
+    if source == TINY:
+        return tiny_tokenizer()
+    path = fetch(source, "tokenizer/spiece.model")
+    try:
+        tokenizer = T5Tokenizer.from_file(path)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
+    tokenizer.byte_fallback = False
+    return tokenizer
+
+
+def prompt_ids(tokenizer, prompt, length=TEXT_LENGTH):
+    """(ids (1, length), mask (1, length)) as the pipeline feeds umT5: the cleaned prompt's tokens (clean_prompt), at
+    most length - 1 of them, </s>, then <pad> (0) up to `length`; the mask 1 on the tokens and </s>."""
+    ids = tokenizer.encode(clean_prompt(prompt))[:length - 1] + [tokenizer.eos_id]
+    n = len(ids)
+    ids = torch.tensor(ids + [tokenizer.pad_id] * (length - n))[None]
     return ids, (torch.arange(length) < n).long()[None]
 
 
 def prompt_embeddings(text_encoder, token_ids, mask):
     """The prompt embeddings (B, L, 4096) of token ids and mask (B, L), in the encoder's dtype: its last hidden state
-    run WITH the mask, zero past the prompt's tokens, as the pipeline makes them. Call it under torch.no_grad()."""
+    run WITH the mask, zero past the prompt's tokens, as the pipeline makes them. Call it under torch.no_grad(). Token
+    ids beyond the encoder's embeddings are a WeightsError: the tokenizer and the encoder do not belong together."""
+    vocabulary = text_encoder.shared.num_embeddings
+    if int(token_ids.max()) >= vocabulary:
+        raise WeightsError(f"the tokenizer gives token id {int(token_ids.max())}, beyond the text encoder's "
+                           f"{vocabulary} embeddings: tokenizer/spiece.model and text_encoder/ do not belong together")
     device = next(text_encoder.parameters()).device
     mask = mask.to(device)
     out = text_encoder(token_ids.to(device), mask)
     return out.masked_fill(~mask.bool()[..., None], 0)
+
+
+# ---------------------------------------------------------------- the photo, as the release prepares it
+def best_output_size(w, h, dw, dh, expected_area):
+    """(width, height) of the release's frame for a w x h photo (wan/utils/utils.py best_output_size): multiples of
+    dw and dh of area at most expected_area whose aspect is closest to the photo's, trying the width rounded down
+    first, then the height."""
+    ratio = w / h
+    ow = (expected_area * ratio) ** 0.5
+    oh = expected_area / ow
+    ow1 = int(ow // dw * dw)  # the width first
+    oh1 = int(expected_area / ow1 // dh * dh)
+    oh2 = int(oh // dh * dh)  # the height first
+    ow2 = int(expected_area / oh2 // dw * dw)
+    if max(ratio / (ow1 / oh1), ow1 / oh1 / ratio) < max(ratio / (ow2 / oh2), ow2 / oh2 / ratio):
+        return ow1, oh1
+    return ow2, oh2
+
+
+def frame_size(photo_size, networks):
+    """(H, W): the release's frame for a photo of photo_size = (H0, W0): best_output_size at its area (704x1280; 64x64
+    for the tiny networks) in multiples of a token's pixels (32)."""
+    tile = networks.vae.config.scale_factor_spatial * networks.transformer.config.patch_size[1]
+    width, height = best_output_size(photo_size[1], photo_size[0], tile, tile,
+                                     TINY_AREA if networks.untrained else AREA)
+    return height, width
+
+
+def crop_box(h0, w0, size):
+    """(resized height, resized width, top, left): the release resizes an h0 x w0 photo with its aspect kept to cover
+    size = (H, W) (each side times max(W / w0, H / h0), rounded) and crops the centre (offsets rounded down)."""
+    scale = max(size[1] / w0, size[0] / h0)
+    height, width = round(h0 * scale), round(w0 * scale)
+    return height, width, (height - size[0]) // 2, (width - size[1]) // 2
+
+
+def release_input(rgb8, size):
+    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1]: the photo resized with Lanczos on 8-bit levels and centre-cropped
+    (crop_box), as the release prepares it."""
+    height, width, top, left = crop_box(*rgb8.shape[-2:], size)
+    im = Image.fromarray(rgb8.permute(1, 2, 0).numpy())
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.Resampling.LANCZOS)
+    return to_model_image(im.crop((left, top, left + size[1], top + size[0])))
+
+
+def release_crop(I, size):
+    """Photo (N,3,H0,W0) in [0,1] -> (N,3,H,W) in [-1,1], resized and cropped as release_input, differentiably: bicubic
+    with antialiasing stands in for Lanczos (as pipelines/svd.py's to_model_input)."""
+    height, width, top, left = crop_box(*I.shape[-2:], size)
+    if (height, width) != tuple(I.shape[-2:]):
+        I = F.interpolate(I, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return I[..., top:top + size[0], left:left + size[1]] * 2 - 1
 
 
 # ---------------------------------------------------------------- sampling
@@ -262,7 +353,7 @@ def velocity(transformer, X_t, x, t, text, guidance, attn_maps=(), maps_only=Fal
     return v, maps
 
 
-def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guidance=5.0, num_frames=81, seed=None,
+def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guidance=5.0, num_frames=FRAMES, seed=None,
                  noise=None, sampler="unipc", return_latents=False, progress=False):
     """Image (3,H,W) in [-1,1] (H, W multiples of 32) and prompt embeddings (1,L,D) -> frames (F,3,H,W) in [-1,1], or
     with return_latents the final latents (z,f,H/16,W/16), as diffusers' WanImageToVideoPipeline (expand_timesteps)
@@ -270,12 +361,10 @@ def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guid
 
     1. x = the photo's normalised posterior mean, encoded as one frame;
     2. X = noise (1,z,f,h,w), f = (F-1)/4 + 1, drawn in float32 from a CPU generator seeded with `seed` unless given;
-    3. for each sigma of flow_sigmas(steps, flow_shift): v of X with frame 0 replaced by x and frame 0's tokens at
+    3. for each sigma of flow_sigmas(steps, flow_shift, grid): v of X with frame 0 replaced by x and frame 0's tokens at
        timestep 0, guided v_u + g (v_c - v_u) when guidance > 1 (the negative prompt's pass first), X0_hat =
        X - sigma v; the UniPC (or Euler) step;
-    4. frame 0 replaced by x, latents un-normalised and decoded one latent frame at a time.
-    With prompt_embeds equal to negative_embeds (the image-only setting) both halves are the same call and g changes
-    nothing."""
+    4. frame 0 replaced by x, latents un-normalised and decoded one latent frame at a time."""
     if sampler not in ("unipc", "euler"):
         raise ValueError(f"sampler must be 'unipc' or 'euler', got {sampler!r}")
     transformer, vae = model.transformer, model.vae
@@ -284,12 +373,12 @@ def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guid
     if image.shape[-2] % tile or image.shape[-1] % tile:
         raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of {tile}")
     if num_frames < 1 or (num_frames - 1) % k:
-        raise ValueError(f"num_frames must be {k}k + 1 (81 by default), got {num_frames}")
+        raise ValueError(f"num_frames must be {k}k + 1 ({FRAMES} by default), got {num_frames}")
     device = next(transformer.parameters()).device
     shape = (1, vae.config.z_dim, (num_frames - 1) // k + 1, image.shape[-2] // scale, image.shape[-1] // scale)
     generator = seeded_generator(seed)
     text = torch.cat([negative_embeds, prompt_embeds]) if guidance > 1 else prompt_embeds
-    sigmas, timesteps = flow_sigmas(steps, model.schedule["flow_shift"], model.schedule["num_train_timesteps"])
+    sigmas, timesteps = flow_sigmas(steps, *(model.schedule[k] for k in ("flow_shift", "num_train_timesteps", "grid")))
     bar = tqdm(total=steps, desc="denoising", disable=not progress)
     with torch.no_grad():
         x = encode_latents(vae, image[None, :, None].to(next(vae.parameters()).device)).to(device)  # (1, z, 1, h, w)
@@ -312,24 +401,31 @@ def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guid
 # ---------------------------------------------------------------- the attack's view
 class WanPipeline:
     """Wan2.2-TI2V-5B as the pieces of Algorithm 1 (svd.py says what each piece is), with the release's pipeline
-    settings: UniPC over the flow sigmas (shift 5), guidance 5.
+    settings: UniPC over the release's flow sigmas (shift 5), guidance 5 against its negative prompt, the photo
+    resized and centre-cropped to a frame of its own shape.
 
-    The condition c of the paper is the prompt's umT5 embedding (the empty prompt by default: the paper's image-only
-    setting; another is given as token_ids). It is made once, here, with the empty prompt's (the negative prompt of
-    guidance), and then `networks.text_encoder` is set to None. The photo reaches the transformer through one path
-    only: its latent x = E(I) replaces frame 0, so embed(I) is None."""
+    The condition c of the paper is the prompt's umT5 embedding. The defender does not know the adversary's prompt:
+    by default the attack assumes one of ATTACK_PROMPTS (pipelines/prompts.py), drawn per iteration, with one V_0 per
+    prompt, as ControlNeXt draws its motions (`motions`, `motion(d)`); `prompts` gives others ([""]: the paper's
+    image-only setting). The embeddings are made once, here, and then `networks.text_encoder` is set to None. The
+    photo reaches the transformer through one path only: its latent x = E(I) replaces frame 0, so embed(I) is None."""
 
-    def __init__(self, networks, prompt="", token_ids=None, guidance=5.0, averaged_maps=False):
+    def __init__(self, networks, prompts=ATTACK_PROMPTS, negative_prompt=RELEASE_NEGATIVE_PROMPT, guidance=5.0,
+                 averaged_maps=False, tokenizer=None):
         if networks.text_encoder is None:
-            raise ValueError("WanPipeline embeds the prompt once with the text encoder, which is gone")
-        if prompt != "" and token_ids is None:
-            raise ValueError("Wan's tokenizer is not read here: a prompt other than the empty one needs token_ids")
+            raise ValueError("WanPipeline embeds the prompts once with the text encoder, which is gone")
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("prompts is a non-empty list of prompts")
+        tokenizer = tokenizer or load_tokenizer(networks.source)
         with torch.no_grad():
-            self.negative_embeds = prompt_embeddings(networks.text_encoder, *prompt_ids(""))  # (1, L, D)
-            self.prompt_embeds = self.negative_embeds if token_ids is None else prompt_embeddings(
-                networks.text_encoder, *prompt_ids(prompt, TEXT_LENGTH, token_ids))
+            self.negative_embeds, *self.prompt_embeds = (prompt_embeddings(networks.text_encoder,
+                                                                           *prompt_ids(tokenizer, text))
+                                                         for text in (negative_prompt, *prompts))  # each (1, L, D)
+        # where a prompt equals the negative prompt, guidance changes nothing and G makes one pass
+        self.unguided = [clean_prompt(text) == clean_prompt(negative_prompt) for text in prompts]
         networks.text_encoder = None
         self.networks, self.guidance, self.averaged_maps = networks, guidance, averaged_maps
+        self.prompts, self.negative_prompt = tuple(prompts), negative_prompt
         self.timestep_of = {}  # sigma -> the sampler's integer timestep, for the levels noise_levels gave
 
     # ------------------------------------------------------------ what the attack reads
@@ -347,8 +443,36 @@ class WanPipeline:
 
     @property
     def num_frames(self):
-        """The pipeline's default frame count: 81 (17 for the tiny networks)."""
-        return TINY_FRAMES if self.untrained else 81
+        """The pipeline's default frame count: the release's 121 (17 for the tiny networks)."""
+        return TINY_FRAMES if self.untrained else FRAMES
+
+    @property
+    def fps(self):
+        """The frame rate the release writes its videos at."""
+        return FPS
+
+    @property
+    def motions(self):
+        """How many prompts the attack draws from: it needs a reference video V_0 for each."""
+        return len(self.prompt_embeds)
+
+    def motion(self, d):
+        """The prompt a draw d follows."""
+        return d
+
+    def frame_size(self, photo_size):
+        """(H, W): the release's frame for a photo of photo_size = (H0, W0) (frame_size)."""
+        return frame_size(photo_size, self.networks)
+
+    def seen_box(self, photo_size, size):
+        """(top, left, height, width): the part of a photo of photo_size = (H0, W0) the model sees at `size`, in the
+        photo's pixels: the release's centre crop (crop_box)."""
+        height, width, top, left = crop_box(*photo_size, size)
+        return box_in_photo(photo_size, (height, width), top, left, size)
+
+    def model_input(self, rgb8, size):
+        """The photo (3,H,W) in [-1,1] the model sees from an 8-bit photo: release_input."""
+        return release_input(rgb8, size)
 
     @property
     def attention_names(self):
@@ -367,7 +491,7 @@ class WanPipeline:
         k = self.networks.vae.config.scale_factor_temporal
         tile = self.networks.vae.config.scale_factor_spatial * self.networks.transformer.config.patch_size[1]
         if num_frames < 1 or (num_frames - 1) % k:
-            return f"--frames: Wan makes {k}k + 1 frames (81, 49, ...), got {num_frames}"
+            return f"--frames: Wan makes {k}k + 1 frames (121, 81, ...), got {num_frames}"
         if size[0] % tile or size[1] % tile or min(size) <= 0:
             return f"--height/--width: multiples of {tile} for Wan, got {size[0]}x{size[1]}"
         return None
@@ -378,17 +502,23 @@ class WanPipeline:
         self.networks.transformer.checkpointing = self.networks.vae.checkpointing = on
 
     # ------------------------------------------------------------ the pieces of Algorithm 1
-    def P(self, I, *, size, num_frames, steps, seed, progress=False):
-        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo through the differentiable resize."""
-        return generate_wan(self.networks, to_model_input(I, size)[0], prompt_embeds=self.prompt_embeds,
-                            negative_embeds=self.negative_embeds, steps=steps, guidance=self.guidance,
-                            num_frames=num_frames, seed=seed, progress=progress)
+    def sample(self, image, motion, **settings):
+        """generate_wan on a prepared photo (3,H,W) in [-1,1], following prompt `motion`."""
+        return generate_wan(self.networks, image, prompt_embeds=self.prompt_embeds[motion],
+                            negative_embeds=self.negative_embeds,
+                            guidance=1.0 if self.unguided[motion] else self.guidance, **settings)
+
+    def P(self, I, *, size, num_frames, steps, seed, motion=0, progress=False):
+        """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo, cropped differentiably, following prompt
+        `motion`."""
+        return self.sample(release_crop(I, size)[0], motion, num_frames=num_frames, steps=steps, seed=seed,
+                           progress=progress)
 
     def video(self, rgb8, *, size, num_frames, steps, seed, progress=False):
-        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (Lanczos resize)."""
-        return generate_wan(self.networks, model_input(rgb8, size), prompt_embeds=self.prompt_embeds,
-                            negative_embeds=self.negative_embeds, steps=steps, guidance=self.guidance,
-                            num_frames=num_frames, seed=seed, progress=progress)
+        """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (release_input), following the
+        first prompt."""
+        return self.sample(release_input(rgb8, size), 0, num_frames=num_frames, steps=steps, seed=seed,
+                           progress=progress)
 
     def encode_frames(self, V):
         """Frames (F,3,H,W) in [-1,1] -> denoiser latents X (1,z,f,H/16,W/16), f = (F-1)/4 + 1: the normalised
@@ -396,16 +526,17 @@ class WanPipeline:
         return encode_latents(self.networks.vae, rearrange(V, "f c h w -> 1 c f h w").to(self.device))
 
     def noise_levels(self, steps=50):
-        """The sigmas the adversary's `steps`-step UniPC visits (0.99999, ... for shift 5), as floats."""
+        """The sigmas the adversary's `steps`-step UniPC visits (0.9998, ... for shift 5), as floats."""
         s = self.networks.schedule
-        sigmas, timesteps = flow_sigmas(steps, s["flow_shift"], s["num_train_timesteps"])
+        sigmas, timesteps = flow_sigmas(steps, s["flow_shift"], s["num_train_timesteps"], s["grid"])
         levels = sigmas[:-1].tolist()
         self.timestep_of.update(zip(levels, timesteps.tolist()))
         return levels
 
     def draw(self, generator, size):
-        """None: the pipeline draws nothing per iteration besides X_t's noise (it conditions on the posterior mean)."""
-        return None
+        """The prompt one iteration follows: the index of one of `prompts`, uniform (the expectation over conditions);
+        with one prompt, 0, and nothing drawn."""
+        return int(torch.randint(self.motions, (), generator=generator)) if self.motions > 1 else 0
 
     def S(self, X_0, sigma, noise):
         """X_t = S(X_0, sigma, noise) = (1 - sigma) X_0 + sigma noise: the flow-matching forward process."""
@@ -413,9 +544,9 @@ class WanPipeline:
 
     def E(self, I, d, size):
         """x = E(I): the latent that replaces frame 0, (1,z,1,H/16,W/16) in float32 or wider: the photo (1,3,H0,W0) in
-        [0,1], resized differentiably to `size`, encoded by the causal VAE as one frame, its posterior mean
-        normalised per channel. d (None) is unused."""
-        return encode_latents(self.networks.vae, to_model_input(I, size)[:, :, None].to(self.device))
+        [0,1], resized and cropped differentiably to `size` (release_crop), encoded by the causal VAE as one frame,
+        its posterior mean normalised per channel. d is unused: the pipeline conditions on the mean."""
+        return encode_latents(self.networks.vae, release_crop(I, size)[:, :, None].to(self.device))
 
     def embed(self, I):
         """None: the photo has no second conditioning path (the condition c is the prompt, fixed at construction)."""
@@ -425,18 +556,19 @@ class WanPipeline:
         """(X0_hat (1,z,f,h,w), {block: frame-to-frame attention maps (P, heads, f, f)}) = G(X_t, sigma, x): the
         transformer's velocity for X_t with frame 0 replaced by x (its tokens at timestep 0, the others at the
         sampler's timestep for sigma), turned into the predicted clean latents X0_hat = X_t - sigma v, whose frame 0
-        is x again, as the pipeline's output is. c and d (None) are unused. With maps_only it stops after the maps
-        and returns (None, maps). The maps are per position P of a latent frame's tokens
+        is x again, as the pipeline's output is. d is the prompt drawn; c (None) is unused. With maps_only it stops
+        after the maps and returns (None, maps). The maps are per position P of a latent frame's tokens
         (model/cogvideox/frame_attention.py); with averaged_maps, their mean over the positions, (1, heads, f, f).
 
-        The denoiser the adversary runs, guidance included: in the image-only setting both halves are one call;
-        with a prompt, the negative prompt's pass and the prompt's combined at guidance 5, and the maps are both
-        passes', (2P, heads, f, f)."""
+        The denoiser the adversary runs, guidance included: the negative prompt's pass and the prompt's, combined
+        as v_neg + 5 (v_prompt - v_neg), and the maps are both passes', (2P, heads, f, f); where the prompt is the
+        negative prompt, one pass."""
         transformer = self.networks.transformer
         T = self.networks.schedule["num_train_timesteps"]
         t = self.timestep_of.get(float(sigma), float(sigma) * T)
-        guided = self.guidance > 1 and self.prompt_embeds is not self.negative_embeds
-        text = torch.cat([self.negative_embeds, self.prompt_embeds]) if guided else self.prompt_embeds
+        prompt = self.prompt_embeds[d]
+        guided = self.guidance > 1 and not self.unguided[d]
+        text = torch.cat([self.negative_embeds, prompt]) if guided else prompt  # (B, L, D)
         v, maps = velocity(transformer, X_t, x, t, text, self.guidance, attn_maps, maps_only)
         if self.averaged_maps:  # (B*P, heads, f, f) -> (B, heads, f, f)
             maps = {name: A.unflatten(0, (len(text), -1)).mean(1) for name, A in maps.items()}

@@ -303,8 +303,13 @@ def text_conditioned(model):
 
 def model_size(height, width, model):
     """--height/--width: the reference pipeline's 576x1024 unless given; ControlNeXt's portrait 1024x576;
-    CogVideoX's 480x720; Wan's 480x832; the toy's training size (its VAE config's sample_size); 128x128 for the
-    tiny SVD and ControlNeXt, 32x32 for the tiny CogVideoX, 64x64 for the tiny Wan."""
+    CogVideoX's 480x720; the toy's training size (its VAE config's sample_size); 128x128 for the tiny SVD and
+    ControlNeXt, 32x32 for the tiny CogVideoX. Wan's frame follows each photo's shape (WanPipeline.frame_size): (None,
+    None) unless both are given."""
+    if wan_model(model) and height is None and width is None:
+        return None, None
+    if wan_model(model) and (height is None or width is None):
+        fail("--height and --width: give both for Wan, or neither for a frame of the photo's own shape")
     if model == "toy":
         default = (build_network(TOY_MODEL, "vae").config.sample_size,) * 2
     elif model in ("tiny", "tiny-controlnext"):
@@ -313,10 +318,6 @@ def model_size(height, width, model):
         default = (1024, 576)
     elif model == "tiny-cogvideox":
         default = (32, 32)
-    elif model == "tiny-wan":
-        default = (64, 64)
-    elif wan_model(model):
-        default = (480, 832)  # the release pipeline's default (native 704x1280)
     elif text_conditioned(model):
         default = (480, 720)  # the only size the release's learned position table takes
     else:
@@ -327,9 +328,14 @@ def model_size(height, width, model):
     return height, width
 
 
-def default_low_memory(device):
-    """Memory mode by default on GPUs with less than 40 GiB."""
-    return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 40 * 2**30
+def default_low_memory(device, model=None):
+    """Memory mode by default on GPUs with less than 40 GiB, and on every GPU for Wan: at the release's 704x1280x121
+    an iteration keeps 393 GiB without it, 39.8 GiB with it (benchmarks/wan_memory.py, docs/wan.md)."""
+    if device.type != "cuda":
+        return False
+    if model is not None and wan_model(model):
+        return True
+    return torch.cuda.get_device_properties(device).total_memory < 40 * 2**30
 
 
 def choose_threads(requested=None):

@@ -125,8 +125,11 @@ def attack_flags(description):
     p.add_argument("--averaged-maps", action="store_true",
                    help="text-conditioned models (--model cogvideox): attack each block's temporal map averaged over "
                         "the token positions of a frame (one F x F map per head), not one map per position")
-    p.add_argument("--prompt", default="", help="text-conditioned models (--model cogvideox): the adversary's prompt; "
-                   "default: none, the paper's image-only setting")
+    p.add_argument("--prompt", help="text-conditioned models: the adversary's prompt. CogVideoX's default: none, the "
+                   "paper's image-only setting; Wan's: unknown, so one of three plain prompts asking to animate a "
+                   "person (pipelines/prompts.py) is drawn per iteration, each with its own V_0; '' is image only")
+    p.add_argument("--negative-prompt", help="Wan: the adversary's negative prompt, guided away from at scale 5 "
+                   "(default: the release's own, pipelines/prompts.py)")
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
                    help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
                         "attacked (default: the model's own choice, see docs/method.md, Attention maps)")
@@ -150,7 +153,7 @@ def attack_flags(description):
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
-                        "(default: on for GPUs under 40 GiB)")
+                        "(default: on for GPUs under 40 GiB, and for Wan on every GPU)")
     p.add_argument("--video-check", action=argparse.BooleanOptionalAction, default=True,
                    help="make the videos of the photo and of the guarded photo at a seed the attack did not use "
                         "(--seed + 1) and report how far apart they are (video_psnr_db, video_ssim): the number that "
@@ -185,12 +188,15 @@ def sample_flags(description):
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
                    help="denoising steps of the sampler (default: 25; 50 for CogVideoX); --steps is an alias, "
                         "kept for older command lines")
-    p.add_argument("--prompt", default="", help="CogVideoX (--model cogvideox): the text prompt; default: none, the "
-                   "paper's image-only setting")
+    p.add_argument("--prompt", help="text-conditioned models: the text prompt. CogVideoX's default: none, the paper's "
+                   "image-only setting; Wan's: the release's example prompt, as its generate.py uses it")
+    p.add_argument("--negative-prompt", help="Wan: the negative prompt, guided away from at scale 5 (default: the "
+                   "release's own, pipelines/prompts.py)")
     p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim",
                    help="CogVideoX: the release's DDIM, or the official demo's DPM (with --dynamic-guidance)")
     p.add_argument("--dynamic-guidance", action="store_true", help="CogVideoX: the official demo's guidance schedule")
-    p.add_argument("--fps", type=integer(1, 1000), default=7, help="frame rate: conditioning (as fps - 1) and playback")
+    p.add_argument("--fps", type=integer(1, 1000), help="frame rate: SVD's conditioning (as fps - 1) and playback "
+                   "(default: 7; Wan's release writes 24)")
     p.add_argument("--motion-bucket", type=int, default=127, help="motion_bucket_id, higher means more motion")
     p.add_argument("--noise-aug", type=number, default=0.02,
                    help="noise_aug_strength, noise added to the image before the VAE")

@@ -3,6 +3,7 @@ own add_noise at every noise level the adversary's sampler visits: SVD's EulerDi
 noise), CogVideoX's CogVideoXDDIMScheduler (sqrt(abar) X_0 + sqrt(1 - abar) noise) and Wan's
 UniPCMultistepScheduler with flow sigmas ((1 - sigma) X_0 + sigma noise)."""
 import pytest
+import numpy as np
 import torch
 from diffusers import CogVideoXDDIMScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
@@ -41,9 +42,10 @@ def test_cogvideox_noising_is_the_ddim_schedulers():
 
 
 def test_wan_noising_is_the_unipc_schedulers():
+    """On the release's sigma grid, given to diffusers' UniPC as the levels before its shift."""
     model, (X_0, noise) = WanPipeline(tiny_wan(0)), pairs(2)
     ref = UniPCMultistepScheduler(**WAN_RELEASE | {"flow_shift": model.networks.schedule["flow_shift"]})
-    ref.set_timesteps(50)
+    ref.set_timesteps(sigmas=np.linspace(float(np.float32(0.999)), 0, 51)[:-1])
     for k, sigma in enumerate(model.noise_levels(50)):
         expected = ref.add_noise(X_0, noise, ref.timesteps[k:k + 1])
         torch.testing.assert_close(model.S(X_0, sigma, noise), expected, rtol=1e-6, atol=1e-6)

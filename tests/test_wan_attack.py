@@ -1,14 +1,16 @@
 """attack.py's Objective and protect against Wan2.2-TI2V-5B's pieces (wan.WanPipeline) on the tiny random Wan: each
 loss term, alone, moves the intended way; each ablation removes exactly its term; G is the sampler's guided
-prediction with frame 0 replaced by E(I); the encoder's gradient reaches the photo (equal to finite differences in
-float64); and at I_adv = I_src the frame-attention distance and its gradient are exactly zero in float64, at every
-noise level, the source pass stopping after the maps (maps_only)."""
+prediction with frame 0 replaced by E(I); the prompts are drawn per iteration, each with its own V_0; the encoder's
+gradient reaches the photo (equal to finite differences in float64); and at I_adv = I_src the frame-attention
+distance and its gradient are exactly zero in float64, at every noise level, the source pass stopping after the
+maps (maps_only)."""
 import pytest
 import torch
 
 from attack import TERMS, Objective, protect, selected_terms
 from losses import attention_distance, total_loss
 from model.wan.scheduler import flow_sigmas
+from pipelines.prompts import ATTACK_PROMPTS
 from pipelines.wan import WanPipeline, generate_wan, load_by_name, tiny_wan
 
 pytestmark = pytest.mark.filterwarnings("ignore:tiny_wan:UserWarning")
@@ -54,10 +56,15 @@ def att_distance(obj, I, draw):
 
 
 def test_pieces(model):
-    assert model.untrained and model.embed(torch.zeros(1, 3, 8, 8)) is None and model.draw(None, SIZE) is None
-    assert model.networks.text_encoder is None and model.prompt_embeds.shape == (1, 512, 16)  # umT5 freed
+    assert model.untrained and model.embed(torch.zeros(1, 3, 8, 8)) is None
+    assert model.networks.text_encoder is None and model.prompts == ATTACK_PROMPTS  # umT5 freed
+    assert [e.shape for e in model.prompt_embeds] == [(1, 512, 16)] * 3 and model.motions == 3
+    g = torch.Generator().manual_seed(0)
+    assert {model.draw(g, SIZE) for _ in range(30)} == {0, 1, 2}  # the prompts, drawn per iteration
+    assert pipeline(prompts=["a cat"]).draw(g, SIZE) == 0
     assert model.default_attn_blocks() == ("blocks.1.attn1", "blocks.2.attn1")
     assert model.noise_levels(4) == flow_sigmas(4)[0][:-1].tolist() and len(model.noise_levels(50)) == 50
+    assert model.noise_levels(50)[0] == pytest.approx(5 * 0.999 / (1 + 4 * 0.999))  # the release's grid
     X_0 = torch.randn(1, 4, 3, 4, 4)
     assert torch.equal(model.S(X_0, 1.0, X_0 + 1), X_0 + 1) and torch.equal(model.S(X_0, 0.0, X_0 + 1), X_0)
     V = model.P(torch.rand(1, 3, 72, 60), size=SIZE, num_frames=FRAMES, steps=2, seed=0)
@@ -68,22 +75,36 @@ def test_pieces(model):
 def test_g_is_the_sampler_s_guided_prediction():
     """With a prompt, G is the guided v_u + 5 (v_c - v_u) turned into X0_hat with frame 0 = E(I): what one UniPC step
     from the first sigma makes (its last step lands on sigma 0, the predicted clean latents)."""
-    model = pipeline(token_ids=[5, 6, 7, 1])
-    assert model.prompt_embeds is not model.negative_embeds
+    model = pipeline(prompts=["a cat walks"])
     I = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
     noise = torch.randn((1, 4, 3, 4, 4), generator=torch.Generator().manual_seed(7))
     sigma = model.noise_levels(1)[0]
     with torch.no_grad():
-        X0_hat, maps = model.G(noise, sigma, model.E(I, None, SIZE), None, None, model.default_attn_blocks())
-        sampled = generate_wan(model.networks, I[0] * 2 - 1, prompt_embeds=model.prompt_embeds,
+        X0_hat, maps = model.G(noise, sigma, model.E(I, 0, SIZE), None, 0, model.default_attn_blocks())
+        sampled = generate_wan(model.networks, I[0] * 2 - 1, prompt_embeds=model.prompt_embeds[0],
                                negative_embeds=model.negative_embeds, steps=1, guidance=5.0, num_frames=FRAMES,
                                noise=noise, return_latents=True)
     torch.testing.assert_close(X0_hat[0], sampled)
     assert all(m.shape == (2 * 4, 2, 3, 3) for m in maps.values())  # both passes x 2x2 token positions
-    unguided = pipeline(token_ids=[5, 6, 7, 1], guidance=1.0)
+    unguided = pipeline(prompts=["a cat walks"], guidance=1.0)
     with torch.no_grad():
-        one_pass, _ = unguided.G(noise, sigma, unguided.E(I, None, SIZE), None, None)
+        one_pass, _ = unguided.G(noise, sigma, unguided.E(I, 0, SIZE), None, 0)
     assert (one_pass - X0_hat).abs().max() > 1e-4  # guidance made a difference
+    image_only = pipeline(prompts=[""], negative_prompt="")  # the prompt is the negative prompt: one pass
+    with torch.no_grad():
+        _, maps = image_only.G(noise, sigma, image_only.E(I, 0, SIZE), None, 0, model.default_attn_blocks())
+    assert all(m.shape == (4, 2, 3, 3) for m in maps.values())
+
+
+def test_each_prompt_has_its_own_v0(model, I_src):
+    """One V_0 per prompt, as P follows it; an iteration is measured against the X_0 of the prompt it drew."""
+    obj = objective(model, I_src, TERMS)
+    assert obj.X_0_k.shape[0] == 3
+    with torch.no_grad():
+        for k in range(3):
+            V = model.P(I_src[None], size=SIZE, num_frames=FRAMES, steps=SAMPLE_STEPS, seed=0, motion=k)
+            assert torch.equal(obj.X_0_k[k:k + 1], model.encode_frames(V))
+    assert (obj.X_0_k[1] - obj.X_0_k[0]).abs().max() > 0  # the prompts make different videos
 
 
 @pytest.mark.parametrize("term, measure, direction", [
@@ -128,7 +149,12 @@ def test_encoder_gradient_reaches_the_photo(I_src):
     x = model.E(I, None, SIZE)
     assert x.shape == (1, 4, 1, 4, 4) and torch.equal(x, model.E(I, None, SIZE))  # the mean: no draw
     grad, = torch.autograd.grad((x * w).sum(), I)
-    assert (grad != 0).float().mean() > 0.99
+    # the centre crop: 72x60 covers 64x64 resized to 77x64, rows 6-69 kept, rows 5.6-65.5 of the photo
+    top, left, h, w_seen = model.seen_box(I.shape[-2:], SIZE)
+    assert (top, left, h, w_seen) == (5, 0, 61, 60)
+    inside = grad[..., top:top + h, :]
+    assert (inside != 0).float().mean() > 0.99  # outside, only the resize kernel's reach:
+    assert (grad.abs().sum() - inside.abs().sum()) / grad.abs().sum() < 0.01 and (grad[..., :top - 1, :] == 0).all()
     h = 1e-5
     with torch.no_grad():
         numeric = ((model.E(I + h * v, None, SIZE) - model.E(I - h * v, None, SIZE)) * w).sum() / (2 * h)

@@ -7,21 +7,33 @@ multistep predictor UniP-2 in its data-prediction, B(h) = e^h - 1 form, and afte
 corrector UniC that reuses the next network evaluation, first order on the first and last steps, as diffusers'
 UniPCMultistepScheduler with flow sigmas runs it. A plain Euler sampler is given beside it.
 
-Keyword names are the scheduler_config.json keys; defaults are the Wan2.2-TI2V-5B release's (flow_shift 5).
+Keyword names are the scheduler_config.json keys; defaults are the Wan2.2-TI2V-5B release's (flow_shift 5, and the
+sigma grid of its own sampler, which differs from diffusers' in 27 of 50 timesteps).
 """
 import numpy as np
 import torch
 
 
-def flow_sigmas(num_inference_steps, flow_shift=5.0, num_train_timesteps=1000):
-    """(sigmas (N+1,) float32, ending at 0; timesteps (N,) int64 = sigma * T truncated), the release's spacing:
-    N levels spread evenly over [1, 1/T), each shifted to s sigma / (1 + (s - 1) sigma), the first moved 1e-6 below 1
-    (a log of its 1 - sigma follows), computed in float64 as the reference does."""
-    sigmas = np.linspace(1, 1 / num_train_timesteps, num_inference_steps + 1)[:-1]
+GRIDS = ("release", "diffusers")  # where the N levels are spread before the shift (flow_sigmas)
+
+
+def flow_sigmas(num_inference_steps, flow_shift=5.0, num_train_timesteps=1000, grid="release"):
+    """(sigmas (N+1,) float32, ending at 0; timesteps (N,) int64 = sigma * T truncated): N levels spread evenly, each
+    shifted to s sigma / (1 + (s - 1) sigma), in float64 as the references compute them. `grid` says over what:
+    "release", the Wan release's FlowUniPCMultistepScheduler (wan/utils/fm_solvers_unipc.py): over [1 - 1/T, 0),
+    1 - 1/T taken in float32 as its training table holds it; "diffusers", UniPCMultistepScheduler with flow sigmas:
+    over [1, 1/T), the first moved 1e-6 below 1 (a log of its 1 - sigma follows)."""
+    T = num_train_timesteps
+    if grid == "release":
+        sigmas = np.linspace(float(np.float32(1 - 1 / T)), 0, num_inference_steps + 1)[:-1]
+    elif grid == "diffusers":
+        sigmas = np.linspace(1, 1 / T, num_inference_steps + 1)[:-1]
+    else:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
     sigmas = flow_shift * sigmas / (1 + (flow_shift - 1) * sigmas)
     if abs(sigmas[0] - 1) < 1e-6:
         sigmas[0] -= 1e-6
-    timesteps = torch.from_numpy(sigmas * num_train_timesteps).long()
+    timesteps = torch.from_numpy(sigmas * T).long()
     return torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32)), timesteps
 
 
