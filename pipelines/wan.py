@@ -166,7 +166,7 @@ TINY_VAE = WanVAEConfig(base_dim=8, decoder_base_dim=12, dim_mult=(1, 2, 2, 2), 
                         latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.5, 2.0, 1.0))
 TINY_UMT5 = UMT5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=37, num_layers=2, num_heads=2)
 TINY_FRAMES = 17
-TINY_AREA = 64 * 64  # the tiny networks' frame area (best_output_size)
+TINY_AREA = 96 * 128  # the tiny networks' frame area (best_output_size): a 3:4 photo makes a 96x128 portrait video
 
 
 def tiny_wan(seed=0, dtype=torch.float32, device="cpu"):
@@ -259,7 +259,7 @@ def best_output_size(w, h, dw, dh, expected_area):
 
 
 def frame_size(photo_size, networks):
-    """(H, W): the release's frame for a photo of photo_size = (H0, W0): best_output_size at its area (704x1280; 64x64
+    """(H, W): the release's frame for a photo of photo_size = (H0, W0): best_output_size at its area (704x1280; 96x128
     for the tiny networks) in multiples of a token's pixels (32)."""
     tile = networks.vae.config.scale_factor_spatial * networks.transformer.config.patch_size[1]
     width, height = best_output_size(photo_size[1], photo_size[0], tile, tile,
