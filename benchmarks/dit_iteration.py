@@ -1,8 +1,9 @@
 """One attack iteration against a DiT at its official size on RANDOM weights of the official shapes (no
 download): CogVideoX-5B-I2V at 480x720x49 or Wan2.2-TI2V-5B at 480x832x49, bfloat16; seconds per iteration
-and peak memory, with and without --low-memory. The prompt is the empty one, embedded by a one-layer text
-encoder of the release's width (its embedding has the real shape; its values do not matter for time and
-memory). V_0 is random frames, so no 50-step sampling run is timed. --size tiny runs the same on the tiny
+and peak memory, with and without --low-memory. The prompt is the empty one for CogVideoX; for Wan, one of the
+attack's against the release's negative prompt (G guided: two passes), tokenised by the tiny networks' tokenizer.
+Either is embedded by a one-layer text encoder of the release's width (its embedding has the real shape; its values
+do not matter for time and memory). V_0 is random frames, so no 50-step sampling run is timed. --size tiny runs the same on the tiny
 random networks, on a CPU.
 
     python benchmarks/dit_iteration.py --model cogvideox --device cuda      # about 11 GB of weights in bf16
@@ -24,7 +25,8 @@ from model.cogvideox import CogVideoXTransformer, CogVideoXTransformerConfig, Co
 from model.t5 import T5Config, T5Encoder  # noqa: E402
 from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanVAE, WanVAEConfig  # noqa: E402
 from pipelines.cogvideox import CogVideoX, CogVideoXPipeline, tiny_cogvideox  # noqa: E402
-from pipelines.wan import Wan, WanPipeline, tiny_wan  # noqa: E402
+from pipelines.prompts import ATTACK_PROMPTS  # noqa: E402
+from pipelines.wan import Wan, WanPipeline, tiny_tokenizer, tiny_wan  # noqa: E402
 
 
 def random_official(model, dtype, device):
@@ -64,7 +66,10 @@ def main():
     else:
         networks = random_official(args.model, dtype, device)
         size, frames = ((480, 720) if args.model == "cogvideox" else (480, 832)), 49
-    model = (CogVideoXPipeline if args.model == "cogvideox" else WanPipeline)(networks)
+    if args.model == "cogvideox":
+        model = CogVideoXPipeline(networks)
+    else:  # one of the attack's prompts against the release's negative prompt: G guided, two passes, as by default
+        model = WanPipeline(networks, prompts=ATTACK_PROMPTS[:1], tokenizer=tiny_tokenizer())
     g = torch.Generator().manual_seed(0)
     I_src = torch.rand(1, 3, *size, generator=g).to(device)
     V_0 = (torch.rand(frames, 3, *size, generator=g) * 2 - 1).to(device)
