@@ -26,7 +26,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from judging.figures import preview
@@ -36,6 +35,7 @@ from judging.transforms import differentiable, draw_eot, needs_vae
 from judging.visibility import owner_view, perceptual_budget
 from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, mean_sq, total_loss
 from pipelines import load_pipeline
+from pipelines.resize import placed_matrix, separable
 from pipelines.poses import read_body, read_poses
 from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_dtype, default_low_memory, fail,
                           json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
@@ -73,7 +73,8 @@ class Objective:
         # The adversary's sampler visits these noise levels; each iteration attacks one of them.
         self.sigmas = model.noise_levels(sample_steps)
         self.X_0 = self.X_0_k = self.X_tg = None  # needed by L_con and L_att only
-        self.I_tg = torch.zeros_like(I_src)  # target image: black, the paper's setup
+        # target image: black, the paper's setup; at the model's size, which E makes of a black photo of any size
+        self.I_tg = I_src.new_zeros(1, 3, *size)
         with torch.no_grad():
             self.c_src = model.embed(I_src)
             if ("con" in terms or "att" in terms) and V_0 is None:
@@ -228,8 +229,10 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
 
     def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid to the part the model
         rgb = delta[:, :1] + delta[:, 1:]  # sees, zero outside it and the mask; (1, 3, *grid)
-        rgb = rgb if grid == (h, w) else F.interpolate(rgb, size=(h, w), mode=UPSAMPLE)  # (1, 3, h, w)
-        return F.pad(rgb, (left, photo[1] - left - w, top, photo[0] - top - h)) * m
+        if grid != photo:  # as two matrix products (pipelines/resize.py), cheap at a photo's megapixels
+            rgb = separable(rgb, placed_matrix(grid[0], h, top, photo[0], UPSAMPLE),
+                            placed_matrix(grid[1], w, left, photo[1], UPSAMPLE))
+        return rgb * m
 
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,

@@ -42,5 +42,6 @@ def attention_loss(A_adv, A_src, tau2):
 def total_loss(terms, weights):
     """Eq. 4, L = w_img ||I_adv - I_src||^2 + alpha L_enc + beta L_con + gamma L_att, over the terms present
     (an ablated term is absent and contributes nothing); weights maps "img", "enc", "con", "att" to
-    w_img, alpha, beta, gamma."""
-    return sum(weights[name] * value for name, value in terms.items())
+    w_img, alpha, beta, gamma. A term of weight 0 is left out of the sum, so that the backward pass does not go
+    through it (w_img is 0 by default, and ||I_adv - I_src||^2 is at the photo's megapixels)."""
+    return sum(weights[name] * value for name, value in terms.items() if weights[name])

@@ -107,11 +107,18 @@ GRADIENTS = torch.tensor([  # the four directional operators of Chou and Li (199
     [[0, 1, 0, -1, 0], [0, 3, 0, -3, 0], [0, 8, 0, -8, 0], [0, 3, 0, -3, 0], [0, 1, 0, -1, 0]]]) / 16
 
 
-def jnd_levels(I):
+def jnd_levels(I, strip=256):
     """The just-noticeable difference of each pixel of a photo I (3,H,W) in [0,1], in grey levels (H,W):
-    max(luminance adaptation, texture masking) on the luma (Chou and Li 1995)."""
+    max(luminance adaptation, texture masking) on the luma (Chou and Li 1995). Computed `strip` rows at a time
+    (each with the two rows around it that its 5x5 windows read), so that a photo of many megapixels needs a few
+    of its own sizes of memory, not a dozen."""
     Y = (255 * (0.299 * I[0] + 0.587 * I[1] + 0.114 * I[2])).float()[None, None]  # (1, 1, H, W)
-    Y = F.pad(Y, (2, 2, 2, 2), mode="replicate")
+    Y = F.pad(Y, (2, 2, 2, 2), mode="replicate")  # (1, 1, H + 4, W + 4)
+    return torch.cat([strip_levels(Y[..., top:top + strip + 4, :]) for top in range(0, I.shape[-2], strip)])
+
+
+def strip_levels(Y):
+    """jnd_levels of the rows of a padded luma strip Y (1,1,h+4,W+4): (h,W)."""
     bg = F.conv2d(Y, BACKGROUND.view(1, 1, 5, 5).float())[0, 0]  # mean background luminance
     mg = F.conv2d(Y, GRADIENTS[:, None].float()).abs().amax(1)[0]  # the largest weighted gradient
     dark = 17 * (1 - torch.sqrt(bg.clamp(min=0) / 127)) + 3

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, euler_step, karras_sigmas, precondition
 from pipelines.poses import release_crop_box
-from pipelines.svd import (SVDPipeline, added_time_ids, box_in_photo, clip_embedding, decode, image_conditioning,
+from pipelines.svd import (SVDPipeline, added_time_ids, box_in_photo, decode, image_conditioning,
                            seeded_generator)
 from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
@@ -280,7 +280,7 @@ class ControlNeXtPipeline(SVDPipeline):
 
     def embed(self, I):
         """The CLIP image embedding (1,1,D) of the cropped photo, which the release's CLIP path sees."""
-        return clip_embedding(self.networks.image_encoder, release_crop(I, self.size) * 2 - 1)
+        return super().embed(release_crop(I, self.size))
 
     def G(self, X_t, sigma, x, c, d, attn_maps=(), maps_only=False):
         """SVDPipeline.G with the control of the drawn pose sequence's first F frames (at the decoded frame size)."""

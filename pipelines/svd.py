@@ -17,10 +17,10 @@ import sys
 import warnings
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.edm import denoise, euler_step, karras_sigmas
+from pipelines.resize import bicubic_matrix, clip_matrix, separable
 from plumbing.photos import model_input
 from weights import TOY_MODEL, load_svd, tiny_svd
 
@@ -29,27 +29,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ---------------------------------------------------------------- conditioning (differentiable)
-def blur_last_axis(x, sigma):
-    """Gaussian blur along the last axis of (N,C,H,W): kernel int(max(4 sigma, 3)) taps made odd, reflect padding."""
-    taps = int(max(4 * sigma, 3)) | 1  # odd
-    t = torch.arange(taps, dtype=x.dtype, device=x.device) - taps // 2
-    kernel = torch.exp(-t**2 / (2 * sigma**2))
-    x = F.pad(x, (taps // 2, taps // 2, 0, 0), mode="reflect")
-    return x.unfold(-1, taps, 1) @ (kernel / kernel.sum())  # (N, C, H, W, taps) -> (N, C, H, W)
-
-
 def resize_for_clip(x, size=224):
     """(N,C,H,W) -> (N,C,size,size), antialiased as SVD resizes for CLIP: a Gaussian blur with sigma =
-    max((factor - 1)/2, 0.001) per axis (skimage's rule), then bicubic with align_corners=True."""
+    max((factor - 1)/2, 0.001) per axis (skimage's rule), then bicubic with align_corners=True; as two matrix
+    products (pipelines/resize.py), which a photo of many megapixels needs."""
     h, w = x.shape[-2:]
-    x = blur_last_axis(x, max((w / size - 1) / 2, 0.001))
-    x = blur_last_axis(x.transpose(-1, -2), max((h / size - 1) / 2, 0.001)).transpose(-1, -2)
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True)
+    return separable(x, clip_matrix(h, size), clip_matrix(w, size))
 
 
 def clip_embedding(image_encoder, image):
     """CLIP path, on the clean image: (N,3,H,W) in [-1,1] -> image_embeds (N,1,D)."""
-    x = (resize_for_clip(image, image_encoder.config.image_size) + 1) / 2
+    size = image_encoder.config.image_size
+    x = ((resize_for_clip(image, size) if tuple(image.shape[-2:]) != (size, size) else image) + 1) / 2
     mean, std = x.new_tensor(CLIP_MEAN).view(3, 1, 1), x.new_tensor(CLIP_STD).view(3, 1, 1)
     pixels = ((x - mean) / std).to(next(image_encoder.parameters()).dtype)
     return image_encoder(pixels).unsqueeze(1)  # (N, 1, D)
@@ -176,9 +167,10 @@ def generate(svd, image, *, num_frames=None, steps=25, fps=7, motion_bucket_id=1
 
 def to_model_input(I, size):
     """Photo (N,3,H0,W0) in [0,1] -> (N,3,H,W) in [-1,1] at the model resolution. A differentiable
-    stand-in for the pipeline's Lanczos resize: bicubic with antialiasing."""
+    stand-in for the pipeline's Lanczos resize: bicubic with antialiasing (as two matrix products,
+    pipelines/resize.py)."""
     if tuple(I.shape[-2:]) != tuple(size):
-        I = F.interpolate(I, size=size, mode="bicubic", antialias=True, align_corners=False)
+        I = separable(I, bicubic_matrix(I.shape[-2], size[0]), bicubic_matrix(I.shape[-1], size[1]))
     return I * 2 - 1
 
 
@@ -278,8 +270,10 @@ class SVDPipeline:
         return image_latents(self.networks.vae, to_model_input(I, size), self.noise_aug, d.to(I))
 
     def embed(self, I):
-        """The CLIP image embedding (1,1,D) of the photo at its own size."""
-        return clip_embedding(self.networks.image_encoder, I * 2 - 1)
+        """The CLIP image embedding (1,1,D) of the photo at its own size: resized for CLIP first, which is linear and
+        keeps constants, so that the scaling to [-1, 1] is done on 224x224 pixels, not on the photo's megapixels."""
+        encoder = self.networks.image_encoder
+        return clip_embedding(encoder, resize_for_clip(I, encoder.config.image_size) * 2 - 1)
 
     def G(self, X_t, sigma, x, c, d, attn_maps=(), maps_only=False):
         """(X0_hat (1,F,4,h,w), {block: temporal attention maps}) = G(X_t, t, conditioning): the denoiser

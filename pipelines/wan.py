@@ -44,7 +44,6 @@ from einops import rearrange
 from PIL import Image
 from safetensors import safe_open
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from model.t5 import TIED_KEYS
@@ -52,6 +51,7 @@ from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanTransformerCon
 from model.wan.transformer import FLOAT32_PARTS
 from model.wan.scheduler import flow_sigmas, noised, predicted_x0, sample_euler, sample_unipc
 from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT, clean_prompt
+from pipelines.resize import bicubic_rows, separable
 from pipelines.svd import box_in_photo, seeded_generator
 from pipelines.tokenizer import CONTROL, NORMAL, UNKNOWN, T5Tokenizer, model_proto
 from plumbing.photos import to_model_image
@@ -289,9 +289,11 @@ def release_crop(I, size):
     """Photo (N,3,H0,W0) in [0,1] -> (N,3,H,W) in [-1,1], resized and cropped as release_input, differentiably: bicubic
     with antialiasing stands in for Lanczos (as pipelines/svd.py's to_model_input)."""
     height, width, top, left = crop_box(*I.shape[-2:], size)
-    if (height, width) != tuple(I.shape[-2:]):
-        I = F.interpolate(I, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-    return I[..., top:top + size[0], left:left + size[1]] * 2 - 1
+    if (height, width) == tuple(I.shape[-2:]):
+        return I[..., top:top + size[0], left:left + size[1]] * 2 - 1
+    # the kept rows and columns of the resize (pipelines/resize.py): what is cropped away is never computed
+    rows, columns = bicubic_rows(I.shape[-2], height, top, size[0]), bicubic_rows(I.shape[-1], width, left, size[1])
+    return separable(I, rows, columns) * 2 - 1
 
 
 # ---------------------------------------------------------------- sampling

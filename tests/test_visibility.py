@@ -185,3 +185,9 @@ def test_a_report_made_with_the_paper_budget_resumes_under_paper(tmp_path, capsy
     assert "done already" not in run([])
     settings = json.loads((tmp_path / "p.guarded.json").read_text())["settings"]
     assert (settings["budget"], settings["chroma"], settings["paper"]) == ("perceptual", 0.0, False)
+
+
+def test_jnd_in_strips_is_the_whole_photo_s():
+    """Strips of rows (for photos of many megapixels) give exactly the levels of the whole photo at once."""
+    I = torch.rand(3, 37, 23, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(jnd_levels(I, strip=5), jnd_levels(I, strip=1000))
