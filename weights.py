@@ -58,7 +58,7 @@ def fetch(source, relpath):
     if Path(source).is_dir():
         path = Path(source) / relpath
         if not path.is_file():
-            raise WeightsError(f"missing file {path}")
+            raise WeightsError(f"{path} is not a regular file" if path.exists() else f"missing file {path}")
         return path
     try:
         return Path(cached_or_download(source, relpath))

@@ -318,7 +318,7 @@ def json_bytes(value):
 def pose_conditioned(model):
     """Whether a --model name is ControlNeXt-SVD-v2 (the release, a folder with controlnet/, or the tiny one),
     which follows a pose sequence (--pose)."""
-    return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").is_file()
+    return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").exists()
 
 
 def wan_model(model):
@@ -337,7 +337,7 @@ def text_conditioned(model):
     """Whether a --model name takes a prompt (--prompt): CogVideoX-5B-I2V (the release, a folder with transformer/,
     or the tiny one) or Wan2.2-TI2V-5B (wan_model)."""
     return (model in ("cogvideox", "tiny-cogvideox") or wan_model(model)
-            or (Path(model) / "transformer" / "config.json").is_file())
+            or (Path(model) / "transformer" / "config.json").exists())
 
 
 def model_size(height, width, model):
