@@ -81,7 +81,7 @@ def attack_inputs(args):
     an unreadable mask, --body with several photos, and an output onto or into an input. Sets args.model_files,
     what identifies the model folder's weights (model_files), so that resume sees them replaced."""
     photos = existing_photos(args.image)
-    mask = read_flag("--mask", read_mask, args.mask) if args.mask else None
+    mask = read_flag(f"--mask {args.mask}", read_mask, args.mask) if args.mask else None
     if args.body and (args.pose or len(photos) > 1):
         fail("--body: the keypoints of one photo, for a pose-conditioned model, without --pose")
     outs = output_paths(photos, args.image, args.out)
