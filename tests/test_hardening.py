@@ -711,8 +711,8 @@ def test_a_wan_config_out_of_range_is_one_error_at_once(photo, tmp_path, capsys,
 
 
 @pytest.mark.parametrize("case", ["a body with no point seen: attack.py", "a body with no point seen: poses.py",
-                                  "a body at one height: poses.py", "a broken photo with --body", "--body '': attack.py",
-                                  "--body '': sample.py", "--body '': poses.py", "--mask ''",
+                                  "a body at one height: poses.py", "a broken photo with --body",
+                                  "--body '': attack.py", "--body '': sample.py", "--body '': poses.py", "--mask ''",
                                   "poses.py's --out is a folder"])
 def test_each_error_names_the_flag_that_carries_it(person, tmp_path, capsys, case):
     """A body no motion can be fitted to is a --body error (status 2) in every command, found when it is read; a
