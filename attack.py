@@ -18,34 +18,30 @@ VAE (judging/transforms.py).
 
 example: python attack.py --image examples/astronaut.png
 """
-if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start
     quiet_start()
-
-import sys
-import time
 
 import torch
 from tqdm import tqdm
 
-from judging.figures import preview
-from judging.metrics import held_out_seeds, video_distance
+from judging.figures import video_check
 from judging.purifiers import VAERoundTrip
+from judging.report import protected_line
 from judging.transforms import differentiable, draw_eot, needs_vae
 from judging.visibility import owner_view, perceptual_budget
-from losses import attention_loss, contrastive_loss, encoder_loss, image_loss, mean_sq, total_loss
+from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss, image_loss, mean_sq,
+                    total_loss)
 from pipelines import load_pipeline
-from pipelines.resize import placed_matrix, separable
+from pipelines.resize import upsampled_onto
 from pipelines.poses import read_body, read_poses
-from plumbing.cli import (FAILURE, MAX_FRAMES, choose_threads, command, default_dtype, default_low_memory, fail,
-                          json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
-                          text_conditioned, wan_model, weights_hint, write_files)
-from plumbing.files import (already_protected, digest, existing_photos, files_written, input_files, model_folder,
-                            output_paths, peak_memory, quantise)
-from plumbing.flags import attack_flags, resolve_budget
-from plumbing.photos import png_bytes, read_mask, read_photo, to_uint8
-from plumbing.shard import join
-from weights import WeightsError
+from plumbing.cli import (MAX_FRAMES, choose_threads, command, default_dtype, json_bytes, loading, parse_device,
+                          read_flag, write_files)
+from plumbing.files import (already_protected, attack_inputs, inputs_digest, measured, photo_size, quantise,
+                            report_settings)
+from plumbing.flags import attack_args, check_against_model
+from plumbing.photos import png_bytes, read_photo
+from plumbing.shard import each_photo, join
 
 TERMS = ("img", "enc", "con", "att")
 UPSAMPLE = "bilinear"  # how a perturbation on the working grid reaches a larger photo (protect's perturb_at)
@@ -73,8 +69,7 @@ class Objective:
         # The adversary's sampler visits these noise levels; each iteration attacks one of them.
         self.sigmas = model.noise_levels(sample_steps)
         self.X_0 = self.X_0_k = self.X_tg = None  # needed by L_con and L_att only
-        # target image: black, the paper's setup; at the model's size, which E makes of a black photo of any size
-        self.I_tg = I_src.new_zeros(1, 3, *size)
+        self.I_tg = I_src.new_zeros(1, 3, *size)  # target image: black, the paper's (its size is E's, any is)
         with torch.no_grad():
             self.c_src = model.embed(I_src)
             if ("con" in terms or "att" in terms) and V_0 is None:
@@ -229,10 +224,7 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
 
     def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid to the part the model
         rgb = delta[:, :1] + delta[:, 1:]  # sees, zero outside it and the mask; (1, 3, *grid)
-        if grid != photo:  # as two matrix products (pipelines/resize.py), cheap at a photo's megapixels
-            rgb = separable(rgb, placed_matrix(grid[0], h, top, photo[0], UPSAMPLE),
-                            placed_matrix(grid[1], w, left, photo[1], UPSAMPLE))
-        return rgb * m
+        return (rgb if grid == photo else upsampled_onto(rgb, photo, (top, left, h, w), UPSAMPLE)) * m
 
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
@@ -280,14 +272,6 @@ def shares(step, weights, mean_abs_grad):
     return {"step": step} | {name: part / sum(parts.values()) for name, part in parts.items()}
 
 
-def check_finite(step, tensors):
-    """Stop at the first NaN or infinity in a step's losses, gradient or I_adv: every later step would be garbage."""
-    broken = [name for name, t in tensors.items() if not t.isfinite().all()]
-    if broken:
-        raise ValueError(f"{', '.join(broken)} not finite at step {step + 1}: the model's weights or the settings "
-                         "are broken")
-
-
 # ---------------------------------------------------------------- command line
 def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
     """The loss terms left after the ablations of Table 1."""
@@ -303,19 +287,16 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
         raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {rgb8.shape[2]}x{rgb8.shape[1]}")
     size = (args.height, args.width) if args.height else model.frame_size(rgb8.shape[-2:])  # Wan: the photo's shape
     device = model.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    I_adv, history = protect(model, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
-                             mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
-                             step_size=args.step_size, update=args.update, fidelity=args.fidelity, alpha=args.alpha,
-                             beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2, num_frames=args.frames,
-                             size=size, attn_blocks=args.attn_blocks,
-                             sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
-                             recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
-                             chroma=args.chroma, progress=True)
-    guarded8 = quantise(rgb8, I_adv, args.eps, mask)
-    wall = time.perf_counter() - start
+    with measured(device) as usage:  # wall time and peak memory
+        I_adv, history = protect(model, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
+                                 mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
+                                 step_size=args.step_size, update=args.update, fidelity=args.fidelity,
+                                 alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2,
+                                 num_frames=args.frames, size=size, attn_blocks=args.attn_blocks,
+                                 sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
+                                 recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
+                                 chroma=args.chroma, progress=True)
+        guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     a, b = rgb8.float() / 255, guarded8.float() / 255
     report = {
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
@@ -323,137 +304,43 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
         "settings": report_settings(args), "inputs_sha256": inputs_sha256, "model_size": list(size),
         **owner_view(rgb8, guarded8), "linf": (a - b).abs().max().item(),
         "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
-        "wall_time_s": wall, "peak_memory_bytes": peak_memory(device), **history,
+        **usage, **history,
     }
     files = {out: png_bytes(guarded8, alpha, icc)}
-    if args.video_check or args.preview:
-        # Does it protect? The videos of the photo and of the guarded photo, at a seed the attack never used
-        video_seed = held_out_seeds(args.seed)[0]
-        V_src, V_adv = (model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps,
-                                    seed=video_seed, progress=f"video of the {name} photo").cpu()
-                        for name, x in (("source", rgb8), ("guarded", guarded8)))
-        distance = video_distance(*(torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for V in (V_adv, V_src)))
-        report |= {"video_seed": video_seed, "video_psnr_db": distance["video_psnr"],
-                   "video_ssim": distance["video_ssim"]}
-    if args.preview:
-        videos = preview(model, rgb8, guarded8, size, video_seed, args.sample_steps,
-                         args.attn_blocks, (V_src, V_adv))
-        files |= {out.with_suffix(suffix): data for suffix, data in videos.items()}
+    if args.video_check or args.preview:  # does it protect? The videos, at a seed the attack never used
+        checked, previews = video_check(model, rgb8, guarded8, out, args, size)
+        report, files = report | checked, files | previews
     files[out.with_suffix(".json")] = json_bytes(report)
     write_files(files)
     return report
 
 
-def report_settings(args):
-    """The settings a report records: every flag's value but where the photos come from and go to, which
-    worker made them, how long it waited for the others and with how many threads, and the conditions, EOT,
-    recalibration and the paper's budget when unused or chosen (so that reports made before they existed still
-    resume)."""
-    unused = [k for k in ("eot", "pose", "body", "recalibrate", "averaged_maps") if not getattr(args, k)]
-    unused += [k for k in ("prompt", "negative_prompt") if getattr(args, k, None) is None]
-    if args.budget == "flat" and args.chroma == 1:  # the paper's budget, the only one before it could be chosen
-        unused += ["paper", "budget", "chroma"]
-    ignored = ("image", "out", "shard", "join_timeout", "threads", *unused)
-    return {k: v for k, v in vars(args).items() if k not in ignored}
-
-
 @command
 def main(argv=None):
-    parser = attack_flags(__doc__)
-    args = resolve_budget(parser, parser.parse_args(argv))
+    args = attack_args(__doc__, argv)  # every flag checked before any work (plumbing/)
     choose_threads(args.threads)
-    text_model = text_conditioned(args.model)
-    args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255
-    args.sample_steps = args.sample_steps or (50 if text_model else 25)
-    if not 1 / 255 <= args.eps <= 1:
-        fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
-    if args.step_size <= 0:
-        fail(f"--step-size must be positive, got {args.step_size:g}")
-    args.height, args.width = model_size(args.height, args.width, args.model)
-    photos = existing_photos(args.image)
-    try:
-        mask = read_mask(args.mask) if args.mask else None
-    except ValueError as e:
-        fail(f"--mask {args.mask}: {e}")
-    outs = output_paths(photos, args.image, args.out)
-    inputs = input_files(*photos, args.mask, args.pose, model_folder(args.model))
-    refuse_clashes([(photo, path) for photo, out in zip(photos, outs) for path in files_written(out, args.preview)],
-                   inputs)
+    photos, outs, mask = attack_inputs(args)  # and the model folder's files (args.model_files), which resume compares
     terms = selected_terms(args.no_spatial, args.no_temporal, args.no_diffusion)
-    for flag in ("prompt", "averaged_maps"):
-        if getattr(args, flag) and not text_model:
-            fail(f"--{flag.replace('_', '-')}: only for a text-conditioned model (--model cogvideox), not {args.model}")
-    if args.negative_prompt is not None and not wan_model(args.model):
-        fail(f"--negative-prompt: only for Wan (--model wan), not {args.model}")
-    args.prompt = args.prompt if wan_model(args.model) else args.prompt or None  # CogVideoX: "" is no prompt
-    poses = None
-    if args.pose:
-        if not pose_conditioned(args.model):
-            fail(f"--pose: {args.model} is not a pose-conditioned model (--model controlnext is)")
-        try:
-            poses = [read_poses(args.pose, args.height, args.width, args.frames or MAX_FRAMES)[:MAX_FRAMES]]
-        except ValueError as e:
-            fail(f"--pose: {e}")
-    body = None
-    if args.body:
-        if not pose_conditioned(args.model) or args.pose or len(photos) > 1:
-            fail("--body: the keypoints of one photo, for a pose-conditioned model, without --pose")
-        try:
-            body = read_body(args.body, read_photo(photos[0])[0].shape[-2:], (args.height, args.width))
-        except ValueError as e:
-            fail(f"--body: {e}")
+    size = (args.height, args.width)
+    poses = [read_flag("--pose", read_poses, args.pose, *size, args.frames or MAX_FRAMES)[:MAX_FRAMES]] \
+        if args.pose else None
+    body = read_flag("--body", read_body, args.body, photo_size(photos[0]), size) if args.body else None
     worker, device = join(args.shard, parse_device(args.device), args.join_timeout)
     args.dtype = args.dtype or default_dtype(device)
-    try:
+    with loading(args.model):  # the one condition read while loading is the prompt's tokens
         model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses, body=body,
-                              prompt=args.prompt, negative_prompt=args.negative_prompt, size=(args.height, args.width),
+                              prompt=args.prompt, negative_prompt=args.negative_prompt, size=size,
                               num_frames=args.frames, averaged_maps=args.averaged_maps)
-    except WeightsError as e:
-        fail(f"{e}{weights_hint(args.model)}", FAILURE)
-    except ValueError as e:
-        fail(f"--prompt: {e}")
-    args.frames = args.frames or model.num_frames
-    if wan_model(args.model) and args.prompt is None:
-        print(f"Wan: the adversary's prompt is unknown; the attack assumes one of {model.motions} plain prompts asking "
-              "to animate a person, drawn per iteration (pipelines/prompts.py; --prompt gives it)", file=sys.stderr)
-    if args.height and model.size_problem((args.height, args.width), args.frames):
-        fail(model.size_problem((args.height, args.width), args.frames))
-    if poses is not None and args.frames > len(poses[0]):
-        fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
-    args.low_memory = default_low_memory(device, args.model) if args.low_memory is None else args.low_memory
+    check_against_model(args, model, poses)
     model.low_memory(args.low_memory)
-    args.attn_blocks = args.attn_blocks or model.default_attn_blocks()
-    unknown = set(args.attn_blocks) - set(model.attention_names)
-    if unknown:
-        fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")
 
-    mine = [(photo, out) for photo, out in zip(photos, outs) if worker.takes(photo)]
-    failures = []
-    with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
-        for photo, out in bar:
-            sha256 = digest([photo, *filter(None, (args.mask, args.pose, args.body))])  # resume on the same inputs
-            if already_protected(out, report_settings(args), sha256):
-                bar.write(f"{photo}: done already, skipped", file=sys.stderr)
-                continue
-            try:
-                report = protect_file(model, photo, out, mask, args, terms, sha256)
-                video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
-                         f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
-                shown = (f" (on a screen, {report['display_size'][1]}x{report['display_size'][0]}: PSNR "
-                         f"{report['display_psnr_db']:.2f} dB, {report['display_ciede2000_mean']:.2f})"
-                         if report["display_size"] != report["photo_size"] else "")
-                bar.write(f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, "
-                          f"colour difference {report['ciede2000_mean']:.2f} (CIEDE2000){shown}, L_inf "
-                          f"{report['linf_8bit_levels']}/255, {report['wall_time_s']:.1f} s{video}")
-            except (ValueError, OSError, RuntimeError, MemoryError) as e:
-                failures.append(photo)
-                bar.write(f"attack.py: error: {photo}: {one_line(e)}", file=sys.stderr)
-    if len(photos) > 1:
-        of_all = f" (this worker's share of {len(photos)}: {worker.label})" if worker.count > 1 else ""
-        print(f"{len(mine) - len(failures)} of {len(mine)} photos protected{of_all}", file=sys.stderr)
-    worker.finish()
-    if failures:
-        sys.exit(FAILURE)
+    def done(photo):  # an earlier run protected it with these settings and inputs
+        return already_protected(outs[photo], report_settings(args), inputs_digest(args, photo))
+
+    def work(photo):
+        report = protect_file(model, photo, outs[photo], mask, args, terms, inputs_digest(args, photo))
+        return protected_line(photo, outs[photo], report)
+    each_photo(worker, photos, done, work)
 
 
 if __name__ == "__main__":

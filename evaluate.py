@@ -19,7 +19,7 @@ worker is done, or, after --shard runs, by --merge-only.
 
 example: python evaluate.py --image photos/ --out results/
 """
-if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start
     quiet_start()
 
@@ -44,8 +44,10 @@ from pipelines.svd import SVDPipeline, generate, load_model
 from plumbing.cli import (FAILURE, check_writable, choose_threads, command, default_dtype, default_low_memory, fail,
                           json_bytes, model_size, one_line, parse_device, pose_conditioned, refuse_clashes,
                           text_conditioned, weights_hint, write_files)
-from plumbing.files import digest, existing_photos, input_files, list_photos, model_folder, quantise, result_folder
+from plumbing.files import (digest, existing_photos, inputs_of, list_photos, model_files, quantise,
+                            result_folder)
 from plumbing.flags import PAPER_BUDGET, evaluate_flags, resolve_budget
+from plumbing.reading import read_json
 from plumbing.photos import model_input, png_bytes, read_photo, to_uint8
 from plumbing.shard import join
 from weights import WeightsError
@@ -163,11 +165,9 @@ SETTINGS = ("model", "victim", "variant", "dtype", "eps", "budget", "chroma", "f
 def read_record(done):
     """A photo's record from its metrics.json, or None when there is none or it cannot be read (a FIFO there
     is not read: it would block)."""
-    if not done.is_file():
-        return None
     try:
-        record = json.loads(done.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        record = read_json(done, "report")
+    except (OSError, ValueError):
         return None
     return record if well_formed(record) else None
 
@@ -192,7 +192,8 @@ def previous_record(done, settings):
         return None
     record = read_record(done)
     if record is None:
-        print(f"{done}: unreadable; this photo is evaluated again", file=sys.stderr)
+        if done.is_file():  # anything else there (a folder, a FIFO) fails this photo, in one line, when written
+            print(f"{done}: unreadable; this photo is evaluated again", file=sys.stderr)
         return None
     old = record.get("settings")
     if isinstance(old, dict):  # made before the budget could be chosen: with the paper's
@@ -273,8 +274,7 @@ def main(argv=None):
         planned += [(photo, folder)] + [(photo, folder / name) for name in
                                         [f"{m}.png" for m in args.methods] + ["metrics.json", "contact.png"]
                                         + ["transformed.png"] * bool(args.transforms)]
-    refuse_clashes(planned, input_files(*photos, *map(model_folder, (args.model, args.victim or args.model,
-                                                                     args.dino, args.aesthetic))))
+    refuse_clashes(planned, inputs_of(args, photos))
     args.video_seeds = args.video_seeds or held_out_seeds(args.seed)
     if args.seed in args.video_seeds:
         fail(f"--video-seeds must leave out the attack's --seed {args.seed}: protection is judged on videos "
@@ -303,6 +303,8 @@ def main(argv=None):
     settings = {key: getattr(args, key) for key in SETTINGS}
     if args.transforms:  # recorded only when given, so that runs made before --transforms still resume
         settings["transforms"] = [transform_name(spec) for spec in args.transforms]
+    if model_files(args):  # local model folders only: a record made before, with a folder, is refused as stale
+        settings["model_files"] = model_files(args)
     previous = {photo: previous_record(result_folder(out, photo) / "metrics.json", settings) for photo in photos}
 
     failures = []

@@ -42,6 +42,14 @@ def attention_loss(A_adv, A_src, tau2):
 def total_loss(terms, weights):
     """Eq. 4, L = w_img ||I_adv - I_src||^2 + alpha L_enc + beta L_con + gamma L_att, over the terms present
     (an ablated term is absent and contributes nothing); weights maps "img", "enc", "con", "att" to
-    w_img, alpha, beta, gamma. A term of weight 0 is left out of the sum, so that the backward pass does not go
-    through it (w_img is 0 by default, and ||I_adv - I_src||^2 is at the photo's megapixels)."""
-    return sum(weights[name] * value for name, value in terms.items() if weights[name])
+    w_img, alpha, beta, gamma. The fidelity term at weight 0 (the default) is left out, so that the backward pass
+    does not go through ||I_adv - I_src||^2 at the photo's megapixels for nothing."""
+    return sum(weights[name] * value for name, value in terms.items() if name != "img" or weights[name])
+
+
+def check_finite(step, tensors):
+    """Stop at the first NaN or infinity in a step's losses, gradient or I_adv: every later step would be garbage."""
+    broken = [name for name, t in tensors.items() if not t.isfinite().all()]
+    if broken:
+        raise ValueError(f"{', '.join(broken)} not finite at step {step + 1}: the model's weights or the settings "
+                         "are broken")

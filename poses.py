@@ -4,7 +4,7 @@ and is fitted to its body as the release fits its driving poses; without, they a
 
 example: python poses.py --body body.json --height 576 --width 1024 --frames 14 --out poses.gif
 """
-if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start
     quiet_start()
 
@@ -16,7 +16,9 @@ from PIL import ImageDraw, features
 
 from pipelines.controlnext import WINDOW
 from pipelines.poses import generic_poses, read_body
-from plumbing.cli import MAX_FRAMES, MAX_SIDE, Parser, check_writable, command, fail, integer, model_size, write_files
+from plumbing.cli import (MAX_FRAMES, MAX_SIDE, Parser, check_writable, command, fail, integer, model_size, path,
+                          refuse_clashes, write_files)
+from plumbing.files import inputs_of
 from plumbing.photos import read_photo, to_images, video_bytes
 
 VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
@@ -24,10 +26,12 @@ VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
 
 def flags():
     p = Parser(description=__doc__)
-    p.add_argument("--out", required=True, help="the sequences side by side, .gif or .webp")
-    p.add_argument("--body", metavar="JSON", help="the photo's 18 OpenPose body keypoints, a JSON list of [x, y] in "
+    p.add_argument("--out", type=path, required=True, help="the sequences side by side, .gif or .webp")
+    p.add_argument("--body", type=path, metavar="JSON",
+                   help="the photo's 18 OpenPose body keypoints, a JSON list of [x, y] in "
                    "the photo's pixels (null: not seen); default: none, the motions centred")
-    p.add_argument("--image", help="the photo --body's pixels belong to: the release resizes and centre-crops it to "
+    p.add_argument("--image", type=path,
+                   help="the photo --body's pixels belong to: the release resizes and centre-crops it to "
                    "the frame (default: --body is in pixels of the height x width frame)")
     p.add_argument("--height", type=integer(8, MAX_SIDE), help="frame height, a multiple of 8 (default: 1024)")
     p.add_argument("--width", type=integer(8, MAX_SIDE), help="frame width, a multiple of 8 (default: 576)")
@@ -47,6 +51,9 @@ def main(argv=None):
     if args.image and not args.body:
         fail("--image only says whose pixels --body is in: give --body too")
     check_writable(out.parent)
+    if out.exists() and not out.is_file():
+        fail(f"--out {out} is there and is not a file")
+    refuse_clashes([(args.body, out)], inputs_of(args))
     size = model_size(args.height, args.width, "controlnext")
     body = None
     if args.body:

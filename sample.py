@@ -7,7 +7,7 @@ entry point, turns them off.
 
 example: python sample.py --image photo.jpg --out video.gif --seed 0
 """
-if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start
     quiet_start()
 
@@ -24,7 +24,7 @@ from pipelines.svd import generate, load_model
 from plumbing.cli import (FAILURE, MAX_FRAMES, check_writable, choose_threads, command, default_dtype,
                           default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, wan_model, weights_hint,
                           write_files)
-from plumbing.files import input_files, model_folder
+from plumbing.files import inputs_of
 from plumbing.flags import sample_flags
 from plumbing.photos import encoded, model_input, read_photo, to_images, video_bytes
 from weights import WeightsError
@@ -97,7 +97,7 @@ def main(argv=None):
 
     num_frames = args.frames or svd.unet.config.num_frames
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
-    refuse_clashes([(image, path) for path in [out, *frame_files]], input_files(image, model_folder(args.model)))
+    refuse_clashes([(image, path) for path in [out, *frame_files]], inputs_of(args))
     frames = generate(svd, resized, num_frames=num_frames, steps=args.steps, fps=args.fps,
                       motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
@@ -132,8 +132,7 @@ def sample_with_poses(args, device, dtype, out):
     except WeightsError as e:
         fail(f"{e}{weights_hint(args.model)}", FAILURE)
     frame_files = frame_paths(args.frames_dir, len(poses)) if args.frames_dir else []
-    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
-                   input_files(args.image, args.pose, args.body, model_folder(args.model)))
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], inputs_of(args))
     frames = controlnext.generate_controlnext(networks, pose_encoder, controlnext.photo_input(rgb8, poses.shape[-2:]),
                                               poses, steps=args.steps, seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)
@@ -156,8 +155,7 @@ def sample_with_text(args, device, dtype, resized, out):
         embeds, negative = (cogvideox.prompt_embeddings(model.text_encoder, i.to(device)) for i in (ids, negative))
     model.text_encoder = None  # 9.5 GB in bfloat16, needed once
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
-    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
-                   input_files(args.image, args.pose, model_folder(args.model)))
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], inputs_of(args))
     frames = cogvideox.generate_cogvideox(model, resized, prompt_embeds=embeds, negative_embeds=negative,
                                           steps=args.steps, scheduler=args.scheduler,
                                           dynamic_guidance=args.dynamic_guidance, num_frames=num_frames,
@@ -194,8 +192,7 @@ def sample_with_wan(args, device, dtype, out):
     model.text_encoder = None  # 10.6 GiB in bfloat16, needed once
     size = (args.height, args.width) if args.height else wan.frame_size(rgb8.shape[-2:], model)
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
-    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]],
-                   input_files(args.image, args.pose, model_folder(args.model)))
+    refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], inputs_of(args))
     frames = wan.generate_wan(model, wan.release_input(rgb8, size), prompt_embeds=text, negative_embeds=negative,
                               steps=args.steps, num_frames=num_frames, seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)

@@ -10,7 +10,6 @@ Our parameter names are the files' keys, so loading is a strict copy with every 
 Only the three configs and three weight files are downloaded. Hub access goes through huggingface_hub,
 which honours HF_TOKEN (or a saved `hf auth login`), HF_HOME and HF_HUB_OFFLINE.
 """
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTT
 from safetensors import SafetensorError, safe_open
 
 from model import VAE, CLIPConfig, CLIPImageEncoder, UNet, UNetConfig, VAEConfig
+from plumbing.reading import read_json
 
 DEFAULT_MODEL = "stabilityai/stable-video-diffusion-img2vid"
 # The toy SVD trained by `python -m toy.train` (64x64, 8 frames), in the official layout, float16 files.
@@ -58,7 +58,7 @@ def fetch(source, relpath):
     if Path(source).is_dir():
         path = Path(source) / relpath
         if not path.is_file():
-            raise WeightsError(f"missing file {path}")
+            raise WeightsError(f"{path} is not a regular file" if path.exists() else f"missing file {path}")
         return path
     try:
         return Path(cached_or_download(source, relpath))
@@ -106,8 +106,8 @@ def read_config(source, relpath, class_names, family="SVD's"):
     anything else is a WeightsError naming the file."""
     path = fetch(source, relpath)
     try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        d = read_json(path, "config")
+    except (OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable config.json ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise WeightsError(f"{path}: a config.json holds a JSON object, not a {type(d).__name__}")
@@ -182,9 +182,9 @@ def shard_files(source, index_relpath):
         return [fetch(source, single)]
     path = fetch(source, index_relpath)
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
+        weight_map = read_json(path, "index")["weight_map"]
         files = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise WeightsError(f"{path}: not a readable safetensors index ({type(e).__name__}: {e})") from None
     if not files or any(not isinstance(f, str) or "/" in f or "\\" in f or f.startswith(".") for f in files):
         raise WeightsError(f"{path}: its weight_map must name shard files beside it")

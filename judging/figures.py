@@ -1,6 +1,7 @@
-"""What the adversary would see, for attack.py --preview: the videos of the source and the guarded photo
-side by side, and the paper's Fig. 3: the temporal self-attention maps of the attacked blocks when the
-adversary's model animates the source photo, beside the same maps for the guarded photo.
+"""What the adversary would see, for attack.py's video check and --preview: how far the video of the guarded
+photo is from that of the source (video_check); the two videos side by side, and the paper's Fig. 3: the
+temporal self-attention maps of the attacked blocks when the adversary's model animates the source photo,
+beside the same maps for the guarded photo.
 
 Both passes denoise the same noisy latents of the source's video at the middle noise level of the
 sampling schedule, with the same draw of the pipeline's randomness, so the maps differ only through the photo.
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from plumbing.photos import model_input, to_images, video_bytes
+from judging.metrics import held_out_seeds, video_distance
+from plumbing.photos import model_input, to_images, to_uint8, video_bytes
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
 FPS = 7  # frame rate of the preview GIFs
@@ -87,6 +89,22 @@ def attention_figure(maps, latent_size):
     draw.text((168, y), "0 ... each tile's max (in its label)", fill="black")
     draw.text((2, y + LABEL + 2), "maps: row i = query frame, column j = key frame (frame 0 top left)", fill="black")
     return sheet
+
+
+def video_check(model, src8, guarded8, out, args, size):
+    """Does it protect? The videos the model makes of the source photo and of the guarded one at `size` (attack.py's
+    flags `args` give their frames and steps) at a seed the attack never used, and how far apart they are ->
+    (the report's fields, {path: bytes}: with --preview, the files of `preview` beside the guarded photo `out`)."""
+    seed = held_out_seeds(args.seed)[0]
+    V_src, V_adv = (model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps, seed=seed,
+                                progress=f"video of the {name} photo").cpu()
+                    for name, x in (("source", src8), ("guarded", guarded8)))
+    distance = video_distance(*(torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for V in (V_adv, V_src)))
+    fields = {"video_seed": seed, "video_psnr_db": distance["video_psnr"], "video_ssim": distance["video_ssim"]}
+    if not args.preview:
+        return fields, {}
+    videos = preview(model, src8, guarded8, size, seed, args.sample_steps, args.attn_blocks, (V_src, V_adv))
+    return fields, {out.with_suffix(suffix): data for suffix, data in videos.items()}
 
 
 def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):

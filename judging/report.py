@@ -1,5 +1,5 @@
 """evaluate.py's outputs: Table 1 and Table 2 in Markdown, results.csv and results.json, and the contact
-sheets of each photo's videos."""
+sheets of each photo's videos; and the line attack.py prints for each photo it protects."""
 import csv
 import io
 
@@ -22,6 +22,19 @@ VIDEO_COLUMNS = [("subject_consistency", "Subject Consistency (%, ↑)", 100),
 PHOTO_COLUMNS = [("psnr", "PSNR (↑)", 1), ("ssim", "SSIM (↑)", 1), ("ciede2000", "CIEDE2000 (↓)", 1),
                  ("ciede2000_p95", "CIEDE2000 p95 (↓)", 1), ("display_psnr", "PSNR on a 1920-px screen (↑)", 1)]
 SHEET_HEIGHT, SHEET_FRAMES, DIFF_GAIN = 128, 8, 10
+
+
+def protected_line(photo, out, report):
+    """attack.py's line for a protected photo: how far the guarded photo is from it (on a screen too, where the
+    photo is larger than one) and, after the video check, how far their videos are."""
+    video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
+             f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
+    shown = (f" (on a screen, {report['display_size'][1]}x{report['display_size'][0]}: PSNR "
+             f"{report['display_psnr_db']:.2f} dB, {report['display_ciede2000_mean']:.2f})"
+             if report["display_size"] != report["photo_size"] else "")
+    return (f"{photo} -> {out}: PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f}, colour difference "
+            f"{report['ciede2000_mean']:.2f} (CIEDE2000){shown}, L_inf {report['linf_8bit_levels']}/255, "
+            f"{report['wall_time_s']:.1f} s{video}")
 
 
 def tile(image8, height):

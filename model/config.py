@@ -14,10 +14,14 @@ class JSONConfig:
     @classmethod
     def from_json_dict(cls, d):
         """Build from a config.json dict, keeping the keys this config knows (lists become tuples). A value
-        not of its field's type, or a number that is not positive and finite, is a ValueError naming the key."""
+        not of its field's type, a number that is not positive and finite, or a size beyond its bound (MAX_INT,
+        MAX_LAYERS, MAX_ENTRIES) is a ValueError naming the key."""
         return cls(**{f.name: checked(f.name, d[f.name], f.type) for f in fields(cls) if f.name in d})
 
 
+# Bounds far above every release's sizes (umT5's 256384 tokens, 48 layers, 48-entry lists), so that a typo's
+# 100000 layers is refused at once instead of building for minutes, even on the meta device.
+MAX_INT, MAX_LAYERS, MAX_ENTRIES = 2**24, 256, 64
 EXPECTED = {int: "a positive integer", float: "a positive number", bool: "true or false", str: "a string",
             tuple: "a list", type(None): "null"}
 
@@ -25,8 +29,11 @@ EXPECTED = {int: "a positive integer", float: "a positive number", bool: "true o
 def checked(key, value, kind):
     """One config.json value as a field of type `kind` (int, float, bool, str, tuple, or a union of them)."""
     kinds = get_args(kind) or (kind,)
-    if tuple in kinds and isinstance(value, (list, tuple)) and value:
+    if tuple in kinds and isinstance(value, (list, tuple)) and 0 < len(value) <= MAX_ENTRIES:
         return tuple(checked(key, v, int | str) for v in value)
+    if int in kinds and type(value) is int and value > (MAX_LAYERS if "layers" in key else MAX_INT):
+        raise ValueError(f"{key} = {reprlib.repr(value)}: expected a positive integer up to "
+                         f"{MAX_LAYERS if 'layers' in key else MAX_INT}")
     if value is None:
         ok = type(None) in kinds
     elif isinstance(value, bool):

@@ -20,7 +20,6 @@ A local folder (or a hub repo) holds the official SVD layout with the fine-tuned
 (".fp16" for variant "fp16"; without it for variant None). controlnet/config.json holds PoseEncoderConfig's
 fields; those left out take the release's values, and unet_channels the UNet's block_out_channels[0].
 """
-import json
 import sys
 import warnings
 
@@ -33,6 +32,7 @@ from model.edm import denoise, euler_step, karras_sigmas, precondition
 from pipelines.poses import release_crop_box
 from pipelines.svd import (SVDPipeline, added_time_ids, box_in_photo, decode, image_conditioning,
                            seeded_generator)
+from plumbing.reading import read_json
 from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
 
 BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
@@ -92,13 +92,13 @@ def tiny_controlnext(seed=0, dtype=torch.float32, device="cpu"):
 def pose_encoder_on_meta(path, unet_channels):
     """A PoseEncoder on the meta device from a controlnet/config.json, or the release's when path is None."""
     try:
-        d = json.loads(path.read_text()) if path else {}
+        d = read_json(path, "config") if path else {}
         if not isinstance(d, dict):
             raise ValueError(f"a JSON object is expected, not a {type(d).__name__}")
         d.setdefault("unet_channels", unet_channels)
         with torch.device("meta"):
             return PoseEncoder(PoseEncoderConfig.from_json_dict(d))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError, ZeroDivisionError, IndexError) as e:
+    except (OSError, ValueError, TypeError, ZeroDivisionError, IndexError) as e:
         raise WeightsError(f"{path}: no PoseEncoder can be built from it ({e})") from None
 
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageSequence
 
 from plumbing.cli import one_line
 from plumbing.photos import to_8bit
+from plumbing.reading import read_json
 
 KEYPOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
              "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
@@ -193,16 +194,23 @@ def fit_motion(motion, body, height, width, motion_aspect=ASPECT):
     Every keypoint moves with the same (a, b). ValueError if the body shows fewer than two fit keypoints at
     different heights."""
     body = np.asarray(body, dtype=np.float64)
-    seen = [i for i in FIT_KEYPOINTS if np.isfinite(body[i]).all()]
-    if len(seen) < 2 or np.ptp(body[seen, 1]) == 0:
-        raise ValueError("the body shows fewer than two of the keypoints a motion is fitted on (all but the elbows "
-                         "and wrists) at different heights")
+    seen = check_fittable(body)
     y, y_body = motion[:, seen, 1].ravel(), np.tile(body[seen, 1], len(motion))  # (F * K,) each
     a_y = ((y - y.mean()) * (y_body - y_body.mean())).sum() / ((y - y.mean()) ** 2).sum()
     b_y = y_body.mean() - a_y * y.mean()
     a_x = a_y / ((1 / motion_aspect) * (width / height))
     b_x = (np.tile(body[seen, 0], len(motion)) - motion[:, seen, 0].ravel() * a_x).mean()
     return motion * (a_x, a_y) + (b_x, b_y)
+
+
+def check_fittable(body):
+    """The fit keypoints a body (18, 2) shows (FIT_KEYPOINTS, not NaN); a ValueError if fewer than two of them, or
+    all at one height: no motion can be fitted to it."""
+    seen = [i for i in FIT_KEYPOINTS if np.isfinite(body[i]).all()]
+    if len(seen) < 2 or np.ptp(body[seen, 1]) == 0:
+        raise ValueError("the body shows fewer than two of the keypoints a motion is fitted on (all but the elbows "
+                         "and wrists) at different heights")
+    return seen
 
 
 def fitted_poses(frames, body, height, width):
@@ -218,25 +226,31 @@ def read_body(path, photo_size, size):
     """A JSON file of the photo's 18 body keypoints in KEYPOINTS' order, each [x, y] in the photo's pixels or null
     when not seen -> (18, 2) float64 in fractions of the model's frame, NaN where not seen: the photo of
     photo_size = (H0, W0) resized and centre-cropped to size = (H, W) as the release does (release_crop_box).
-    Anything else is a one-line ValueError."""
+    A point may lie outside the photo by at most the photo's own size (a detector's points lie inside it), so that no
+    number makes the drawing slow; the body must show enough to fit a motion on (check_fittable). Anything else is
+    a one-line ValueError."""
     try:
-        points = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        points = read_json(path, "body")
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable JSON file ({one_line(e)})") from None
     if not isinstance(points, list) or len(points) != len(KEYPOINTS):
         raise ValueError(f"{path}: a JSON list of {len(KEYPOINTS)} keypoints ([x, y] or null) is expected")
+    (h0, w0), (height, width) = photo_size, size
     body = np.full((len(KEYPOINTS), 2), np.nan)
     for i, point in enumerate(points):
         if point is None:
             continue
-        numbers = isinstance(point, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
-        if not numbers or len(point) != 2 or not all(math.isfinite(v) for v in point):
+        numbers = isinstance(point, list) and all(type(v) in (int, float) for v in point)  # true and false are not
+        if not numbers or len(point) != 2:
             raise ValueError(f"{path}: keypoint {i} ({KEYPOINTS[i]}) is {json.dumps(point)[:40]}, not [x, y] or null")
+        if not all(-side <= v <= 2 * side for v, side in zip(point, (w0, h0))):  # nor are NaN and infinity
+            raise ValueError(f"{path}: keypoint {i} ({KEYPOINTS[i]}) is {json.dumps(point)[:40]}: x and y must lie in "
+                             f"the {w0}x{h0} photo, or outside it by less than its size")
         body[i] = point
-    (h0, w0), (height, width) = photo_size, size
     resized_height, resized_width, top, left = release_crop_box(h0, w0, height, width)
     body[:, 0] = (body[:, 0] * resized_width / w0 - left) / width
     body[:, 1] = (body[:, 1] * resized_height / h0 - top) / height
+    check_fittable(body)
     return body
 
 

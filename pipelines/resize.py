@@ -133,3 +133,11 @@ def separable(x, rows, columns):
     if columns.shape[0] > columns.shape[1]:
         return x @ transposed(cast(columns, x.dtype, x.device))  # (N, C, h, w)
     return left(columns, x.transpose(-1, -2)).transpose(-1, -2)  # (N, C, h, w)
+
+
+def upsampled_onto(x, photo, box, mode):
+    """(N,C,g_h,g_w) -> (N,C,*photo): x resized with `mode` onto box = (top, left, height, width) of a photo, zero
+    elsewhere (a working grid spread over the part of the photo a model sees)."""
+    top, left, height, width = box
+    return separable(x, placed_matrix(x.shape[-2], height, top, photo[0], mode),
+                     placed_matrix(x.shape[-1], width, left, photo[1], mode))

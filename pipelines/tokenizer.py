@@ -25,7 +25,8 @@ in reading "</s>", "<extra_id_0>"... in the text as special tokens (plain text h
 """
 import bisect
 import struct
-from pathlib import Path
+
+from plumbing.reading import read_bytes
 
 TEXT_LENGTH = 226  # CogVideoX pads (and truncates) every prompt to this many tokens
 # src/sentencepiece_model.proto field numbers
@@ -109,7 +110,7 @@ class T5Tokenizer:
     @classmethod
     def from_file(cls, path):
         try:
-            return cls(Path(path).read_bytes())
+            return cls(read_bytes(path, "tokenizer"))
         except (ValueError, IndexError, struct.error, UnicodeDecodeError, AttributeError, TypeError) as err:
             # AttributeError, TypeError: a field of another wire type than its own (a number for a piece, say)
             raise ValueError(f"{path} is not a SentencePiece Unigram model: {err}") from None

@@ -109,8 +109,8 @@ def read_schedule(source):
     shift, T = d.get("flow_shift", 5.0), d.get("num_train_timesteps", 1000)
     if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= 100_000:
         raise WeightsError(f"{path}: num_train_timesteps = {T!r} is not an integer from 1 to 100000")
-    if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 < shift < 1e6:
-        raise WeightsError(f"{path}: flow_shift = {shift!r} is not a positive number")
+    if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0.01 <= shift <= 100:
+        raise WeightsError(f"{path}: flow_shift = {shift!r} is not a number from 0.01 to 100 (the release's: 5)")
     return {"num_train_timesteps": T, "flow_shift": float(shift), "grid": "release"}
 
 

@@ -1,6 +1,8 @@
-"""What the three commands share that is not the method: photo files in and out (photos), flags, errors
-and all-or-nothing writes (cli), and the share of the photos a worker takes (shard).
+"""What the commands share that is not the method: photo files in and out (photos), every other small file read
+(reading), flags, errors and all-or-nothing writes (cli), the inputs no output may land on and what resume
+compares (files), the first second of a command (starting), and the share of the photos a worker takes (shard).
 
 May import: torch, the run-time packages, and weights.py. Nothing here imports a model's pipeline, the
-judging, or a command.
+judging, or a command. reading.py and starting.py import only the standard library: weights.py reads its
+configs through reading.py.
 """

@@ -1,5 +1,6 @@
-"""What the three commands (attack.py, sample.py, evaluate.py) share: flag types, one-line errors with
-an exit status, the device, and output files written all or nothing, never onto an input.
+"""What the commands (attack.py, sample.py, evaluate.py, poses.py) share: flag types, one-line errors with an exit
+status that name the flag whose value is wrong, the device, and output files written all or nothing, never onto
+or into an input.
 
 Exit statuses: 2 for a usage error (a bad flag or path, refused before any work), 1 for a failure met
 while running (an unreadable photo, broken weights, NaN, out of memory), 130 for Ctrl-C, 143 for SIGTERM.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from plumbing.reading import read_json
 from weights import TOY_MODEL, WeightsError, build_network
 
 USAGE, FAILURE, INTERRUPTED, TERMINATED = 2, 1, 130, 143
@@ -25,6 +27,8 @@ USAGE, FAILURE, INTERRUPTED, TERMINATED = 2, 1, 130, 143
 MAX_FRAMES, MAX_SIDE, MAX_SAMPLE_STEPS = 128, 4096, 1000
 MAX_SEED = 2**63 - 1
 MAX_NAME_BYTES = 255  # the longest file name common file systems take (temporary names are short)
+# --model names that are not paths, even where a folder of that name exists
+BUILT_IN_MODELS = ("toy", "tiny", "controlnext", "tiny-controlnext", "cogvideox", "tiny-cogvideox", "wan", "tiny-wan")
 MODEL_HELP = ("SVD img2vid: hub repo id or local folder in the official layout, 'toy' (a small SVD trained on a "
               "CPU, 64x64, 8 frames) or 'tiny' (untrained random weights: protects nothing, for tests); "
               "ControlNeXt-SVD-v2: 'controlnext', a local folder with controlnet/, or 'tiny-controlnext'; "
@@ -71,6 +75,26 @@ class Terminated(Exception):
 
 def terminate(signum, frame):
     raise Terminated
+
+
+def read_flag(flag, read, *args, status=USAGE):
+    """read(*args), the file a flag names read; a ValueError is refused in one line that names the flag."""
+    try:
+        return read(*args)
+    except ValueError as e:
+        fail(f"{flag}: {one_line(e)}", status)
+
+
+@contextlib.contextmanager
+def loading(model, condition="--prompt"):
+    """Loading a --model: a WeightsError fails in one line (status 1, with weights_hint), a ValueError is refused
+    under the condition read while loading (status 2)."""
+    try:
+        yield
+    except WeightsError as e:
+        fail(f"{e}{weights_hint(model)}", FAILURE)
+    except ValueError as e:
+        fail(f"{condition}: {e}")
 
 
 def one_line(error):
@@ -136,6 +160,13 @@ def integer(low, high=math.inf):
     return parse
 
 
+def path(text):
+    """A flag type: a file or folder name, never empty ('' would silently mean none, or the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def variant(text):
     """--variant: which weight files to load, '*.fp16.safetensors' for 'fp16', '*.safetensors' for 'none'."""
     return None if text.lower() == "none" else text
@@ -182,17 +213,25 @@ def file_key(path):
 
 
 def refuse_clashes(planned, inputs):
-    """planned: (what it is made from, output path) pairs. Refuse, before any work, an output that would
-    overwrite an input or that two different sources would both write."""
-    inputs = {file_key(path): path for path in inputs}
+    """planned: (what it is made from, output path) pairs; inputs: every file and folder the command reads (None
+    for a flag not given; files.inputs_of lists them). Refuse, before any work, an output that would overwrite an
+    input, that would land inside an input folder (a model, a pose sequence: the next run would read it), or
+    that two different sources would both write."""
+    inputs = [Path(path) for path in inputs if path]
+    folders = [folder.resolve() for folder in inputs if folder.is_dir()]
+    files = {file_key(file): file for path in inputs
+             for file in (sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])}
     owners = {}
     for source, path in planned:
         if len(Path(path).name.encode()) > MAX_NAME_BYTES:
             fail(f"{Path(path).name[:40]}...: an output file name longer than {MAX_NAME_BYTES} bytes; "
                  "rename the photo or choose another --out")
         key = file_key(path)
-        if key in inputs:
-            fail(f"{path} would overwrite the input {inputs[key]}; choose another --out")
+        if key in files:
+            fail(f"{path} would overwrite the input {files[key]}; choose another --out")
+        inside = [folder for folder in folders if Path(path).resolve().is_relative_to(folder)]
+        if inside:
+            fail(f"{path} would be written inside the input folder {inside[0]}; choose another --out")
         if owners.setdefault(key, source) != source:
             fail(f"{owners[key]} and {source} would both be written to {path}; rename one, or give each its own --out")
 
@@ -279,7 +318,7 @@ def json_bytes(value):
 def pose_conditioned(model):
     """Whether a --model name is ControlNeXt-SVD-v2 (the release, a folder with controlnet/, or the tiny one),
     which follows a pose sequence (--pose)."""
-    return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").is_file()
+    return model in ("controlnext", "tiny-controlnext") or (Path(model) / "controlnet" / "config.json").exists()
 
 
 def wan_model(model):
@@ -288,17 +327,17 @@ def wan_model(model):
     if model in ("wan", "tiny-wan"):
         return True
     try:
-        text = (Path(model) / "transformer" / "config.json").read_text()
-    except (OSError, UnicodeDecodeError):
+        config = read_json(Path(model) / "transformer" / "config.json", "config")
+    except (OSError, ValueError):
         return False
-    return '"WanTransformer3DModel"' in text
+    return isinstance(config, dict) and config.get("_class_name") == "WanTransformer3DModel"
 
 
 def text_conditioned(model):
     """Whether a --model name takes a prompt (--prompt): CogVideoX-5B-I2V (the release, a folder with transformer/,
     or the tiny one) or Wan2.2-TI2V-5B (wan_model)."""
     return (model in ("cogvideox", "tiny-cogvideox") or wan_model(model)
-            or (Path(model) / "transformer" / "config.json").is_file())
+            or (Path(model) / "transformer" / "config.json").exists())
 
 
 def model_size(height, width, model):

@@ -2,12 +2,14 @@
 commands share has one name and one meaning (attack.py, sample.py and evaluate.py each parse theirs here).
 """
 import argparse
+import sys
 
 import torch
 
 from judging.transforms import PURIFY, parse_eot, parse_list
-from plumbing.cli import (MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, integer, number,
-                          number_in, variant)
+from plumbing.cli import (MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, default_low_memory,
+                          fail, integer, model_size, number, number_in, path, pose_conditioned, text_conditioned,
+                          variant, wan_model)
 from plumbing.shard import JOIN_TIMEOUT_S, parse_shard
 from weights import DEFAULT_MODEL
 
@@ -78,10 +80,12 @@ def resolve_budget(parser, args):
 
 def attack_flags(description):
     p = Parser(description=description)
-    p.add_argument("--image", nargs="+", required=True, help="photo files and/or folders of photos")
-    p.add_argument("--out", help="output PNG (one photo) or folder (several photos, a folder, or a path ending "
+    p.add_argument("--image", type=path, nargs="+", required=True, help="photo files and/or folders of photos")
+    p.add_argument("--out", type=path,
+                   help="output PNG (one photo) or folder (several photos, a folder, or a path ending "
                    "in /); default: <photo>.guarded.png beside each photo")
-    p.add_argument("--mask", help="protect only where this image (same size as the photo) is brighter than mid-grey")
+    p.add_argument("--mask", type=path,
+                   help="protect only where this image (same size as the photo) is brighter than mid-grey")
     p.add_argument("--method", choices=["i2vguard", "photoguard", "random-sign"], default="i2vguard",
                    help="i2vguard, the encoder-only baseline, or random +-eps noise (same L_inf)")
     p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
@@ -115,11 +119,12 @@ def attack_flags(description):
                         "'purify' names the --transforms purify set; each iteration attacks the photo after one of "
                         "them (or none), drawn at random (judging/transforms.py), so that the protection survives "
                         "them")
-    p.add_argument("--pose", metavar="POSES",
+    p.add_argument("--pose", type=path, metavar="POSES",
                    help="pose-conditioned models: the adversary's pose sequence, a folder of pose frames (sorted by "
                         "name) or an animated GIF/WebP; default: the generic sequences of pipelines/poses.py, one "
                         "drawn per iteration (expectation over conditions)")
-    p.add_argument("--body", metavar="JSON", help="pose-conditioned models, one photo: its 18 OpenPose body keypoints, "
+    p.add_argument("--body", type=path, metavar="JSON",
+                   help="pose-conditioned models, one photo: its 18 OpenPose body keypoints, "
                    "a JSON list of [x, y] in the photo's pixels (null: not seen); the generic sequences start from "
                    "the photo's pose and are fitted to its body, as the release fits its driving poses")
     p.add_argument("--averaged-maps", action="store_true",
@@ -143,7 +148,7 @@ def attack_flags(description):
                         "videos (default: 25; 50 for CogVideoX, as the release samples)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                    help="seed of the random start, noise draws and videos")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--model", type=path, default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -169,20 +174,66 @@ def attack_flags(description):
     return p
 
 
+def attack_args(description, argv=None):
+    """attack.py's flags, parsed and checked before any work: the defaults that depend on the model (--eps,
+    --sample-steps, --height and --width, the budget), the ranges, and the flags only some models take."""
+    parser = attack_flags(description)
+    args = resolve_budget(parser, parser.parse_args(argv))
+    text_model = text_conditioned(args.model)
+    args.eps = args.eps if args.eps is not None else (16 if text_model else 8) / 255
+    args.sample_steps = args.sample_steps or (50 if text_model else 25)
+    if not 1 / 255 <= args.eps <= 1:
+        fail(f"--eps must be between 1/255 and 1, got {args.eps:g}")
+    if args.step_size <= 0:
+        fail(f"--step-size must be positive, got {args.step_size:g}")
+    args.height, args.width = model_size(args.height, args.width, args.model)
+    for flag in ("prompt", "averaged_maps"):
+        if getattr(args, flag) and not text_model:
+            fail(f"--{flag.replace('_', '-')}: only for a text-conditioned model (--model cogvideox), not {args.model}")
+    if args.negative_prompt is not None and not wan_model(args.model):
+        fail(f"--negative-prompt: only for Wan (--model wan), not {args.model}")
+    args.prompt = args.prompt if wan_model(args.model) else args.prompt or None  # CogVideoX: "" is no prompt
+    for flag in ("pose", "body"):
+        if getattr(args, flag) and not pose_conditioned(args.model):
+            fail(f"--{flag}: {args.model} is not a pose-conditioned model (--model controlnext is)")
+    return args
+
+
+def check_against_model(args, model, poses):
+    """attack.py's flags that only the loaded model (pipelines/__init__.py) can check or fill in: --frames (the
+    model's own by default, a size it takes, no more than --pose has), --low-memory and --attn-blocks; and for Wan
+    without --prompt, one line on the prompts the attack assumes."""
+    args.frames = args.frames or model.num_frames
+    if wan_model(args.model) and args.prompt is None:
+        print(f"Wan: the adversary's prompt is unknown; the attack assumes one of {model.motions} plain prompts asking "
+              "to animate a person, drawn per iteration (pipelines/prompts.py; --prompt gives it)", file=sys.stderr)
+    if args.height and model.size_problem((args.height, args.width), args.frames):  # Wan's: each photo's own
+        fail(model.size_problem((args.height, args.width), args.frames))
+    if poses is not None and args.frames > len(poses[0]):
+        fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
+    args.low_memory = default_low_memory(model.device, args.model) if args.low_memory is None else args.low_memory
+    args.attn_blocks = args.attn_blocks or model.default_attn_blocks()
+    unknown = set(args.attn_blocks) - set(model.attention_names)
+    if unknown:
+        fail(f"--attn-blocks: no temporal attention named {', '.join(sorted(unknown))}")
+
+
 def sample_flags(description):
     p = Parser(description=description)
-    p.add_argument("--image", required=True, help="input photo (any still image Pillow reads)")
-    p.add_argument("--out", required=True, help="output video, .gif or .webp")
-    p.add_argument("--frames-dir", help="also write every frame as a PNG into this folder")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--image", type=path, required=True, help="input photo (any still image Pillow reads)")
+    p.add_argument("--out", type=path, required=True, help="output video, .gif or .webp")
+    p.add_argument("--frames-dir", type=path, help="also write every frame as a PNG into this folder")
+    p.add_argument("--model", type=path, default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames; "
                    "with --pose, one per pose frame)")
-    p.add_argument("--pose", metavar="POSES", help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
+    p.add_argument("--pose", type=path, metavar="POSES",
+                   help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
                    "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
                    "default: the generic 'wave' sequence of pipelines/poses.py")
-    p.add_argument("--body", metavar="JSON", help="ControlNeXt: the photo's 18 OpenPose body keypoints, a JSON list of "
+    p.add_argument("--body", type=path, metavar="JSON",
+                   help="ControlNeXt: the photo's 18 OpenPose body keypoints, a JSON list of "
                    "[x, y] in the photo's pixels (null: not seen); the generic motion is fitted to them and starts "
                    "from the photo's pose, as the release fits its driving poses")
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
@@ -224,9 +275,9 @@ def sample_flags(description):
 
 def evaluate_flags(description, methods, default_methods):
     p = Parser(description=description)
-    p.add_argument("--image", "--photos", dest="image", nargs="+",
+    p.add_argument("--image", "--photos", dest="image", type=path, nargs="+",
                    help="photo files and/or folders of photos (required, except with --merge-only)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", type=path, required=True,
                    help="output folder (created when the first photo is done; photos already done there are skipped)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=",".join(default_methods),
                    help=f"comma-separated, from: {', '.join(methods)}")
@@ -238,7 +289,8 @@ def evaluate_flags(description, methods, default_methods):
                         "denoise<sigma> a bilateral filter, vae the model's own VAE round trip), chains of them "
                         "applied left to right (noise0.05+vae, long1080+jpeg85), or 'purify': "
                         + ",".join(PURIFY))
-    p.add_argument("--model", default=DEFAULT_MODEL, help="SVD img2vid only (ControlNeXt and CogVideoX are not "
+    p.add_argument("--model", type=path, default=DEFAULT_MODEL,
+                   help="SVD img2vid only (ControlNeXt and CogVideoX are not "
                    "evaluated here yet): hub repo id, local folder, 'toy' (a small SVD trained on a CPU, scored "
                    "without judges) or 'tiny' (untrained random networks, with random judges too: the numbers mean "
                    "nothing, for tests)")
@@ -246,8 +298,9 @@ def evaluate_flags(description, methods, default_methods):
                    "download): PSNR and SSIM to V_0, flickering and the motion stand-in only")
     p.add_argument("--variant", type=variant, default="fp16", help="SVD weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
-    p.add_argument("--dino", default=DINO_SOURCE, help="hub repo or local folder with DINO ViT-B/16 model.safetensors")
-    p.add_argument("--aesthetic", default=AESTHETIC_SOURCE,
+    p.add_argument("--dino", type=path, default=DINO_SOURCE,
+                   help="hub repo or local folder with DINO ViT-B/16 model.safetensors")
+    p.add_argument("--aesthetic", type=path, default=AESTHETIC_SOURCE,
                    help="hub repo or local folder with the LAION aesthetic predictor v1 (ViT-L/14) model.safetensors")
     p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
     p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
@@ -264,7 +317,7 @@ def evaluate_flags(description, methods, default_methods):
     p.add_argument("--video-seeds", type=seed_list, metavar="LIST",
                    help="comma-separated seeds of the videos that judge the protection, none of them --seed "
                         "(default: the three seeds after --seed)")
-    p.add_argument("--victim", metavar="MODEL",
+    p.add_argument("--victim", type=path, metavar="MODEL",
                    help="make every video with this SVD (hub repo id, local folder, 'toy' or 'tiny') instead of "
                         "--model, as an adversary with a fine-tune or another release would: the attacks still "
                         "run against --model (default: --model itself)")

@@ -16,11 +16,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
-from plumbing.cli import fail
+from plumbing.cli import FAILURE, fail, one_line
 
 # Under torchrun the workers meet through torchrun's key-value store, counting themselves in and polling the
 # count every POLL_S seconds from Python, so that Ctrl-C ends any wait: at the start, for at most
@@ -141,3 +143,26 @@ def join(shard, device, join_timeout_s=JOIN_TIMEOUT_S):
                   file=sys.stderr)
         meet(store, "joined", world, join_timeout_s, "the other workers did not start", count_in=False)
     return Worker((k - 1) * world + rank, n * world, rank, world, store, label), device
+
+
+def each_photo(worker, photos, done, work, what="protected"):
+    """This worker's share of `photos`, one at a time, with a progress bar over several: a photo done(photo) says
+    is done is skipped; work(photo) makes each other one and returns its line for stdout. A photo that fails is
+    said in one line on stderr, and the others go on; then how many were made, and status 1 if any failed."""
+    mine, failures = [photo for photo in photos if worker.takes(photo)], []
+    with tqdm(mine, desc=worker.label, unit="photo", disable=len(photos) < 2) as bar:
+        for photo in bar:
+            if done(photo):
+                bar.write(f"{photo}: done already, skipped", file=sys.stderr)
+                continue
+            try:
+                bar.write(work(photo))
+            except (ValueError, OSError, RuntimeError, MemoryError) as e:
+                failures.append(photo)
+                bar.write(f"{Path(sys.argv[0]).name}: error: {photo}: {one_line(e)}", file=sys.stderr)
+    if len(photos) > 1:
+        of_all = f" (this worker's share of {len(photos)}: {worker.label})" if worker.count > 1 else ""
+        print(f"{len(mine) - len(failures)} of {len(mine)} photos {what}{of_all}", file=sys.stderr)
+    worker.finish()
+    if failures:
+        sys.exit(FAILURE)

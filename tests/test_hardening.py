@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -21,9 +22,11 @@ from safetensors.torch import save_file
 import attack
 import evaluate
 import pipelines
+import poses as poses_command
 import sample
 import weights
 from pipelines import svd as svd_pipeline
+from pipelines import wan
 from plumbing.cli import signals_held, write_files
 from plumbing.flags import AESTHETIC_SOURCE, DINO_SOURCE
 from plumbing.photos import MAX_PIXELS, MIN_SIDE
@@ -386,22 +389,25 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(photo, tmp_path, cap
     assert "interrupted" in refused(main, args, tmp_path, capsys, 130)
 
 
+@pytest.mark.parametrize("stop, said, status", [(signal.SIGINT, "interrupted (Ctrl-C)", 130),
+                                                (signal.SIGTERM, "terminated (SIGTERM)", 143)])
 @pytest.mark.parametrize("command", ["attack.py", "sample.py", "evaluate.py", "poses.py"])
-def test_ctrl_c_while_the_modules_import_is_one_line(command):
-    """Ctrl-C during the first second, while torch imports: status 130 and one line, not a traceback.
-    Python's -X importtime names each module as it is imported, so the signal is sent once torch's begin."""
+def test_ctrl_c_while_the_modules_import_is_one_line(command, stop, said, status):
+    """Ctrl-C or SIGTERM during the first second, while torch imports: status 130 or 143 and one line, not a
+    traceback or a silent -15. Python's -X importtime names each module as it is imported, so the signal is sent
+    once torch's begin."""
     process = subprocess.Popen([sys.executable, "-X", "importtime", command, "--help"], cwd=ROOT, text=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for line in process.stderr:
             if line.split("|")[-1].strip() == "torch._utils_internal":  # among torch's first modules
                 break
-        process.send_signal(signal.SIGINT)
-        status, err = process.wait(timeout=60), process.stderr.read()
+        process.send_signal(stop)
+        code, err = process.wait(timeout=60), process.stderr.read()
     finally:
         process.kill()
     lines = [line for line in err.splitlines() if not line.startswith("import time:")]
-    assert status == 130 and lines == [f"{command}: error: interrupted (Ctrl-C) while starting; nothing was written"]
+    assert code == status and lines == [f"{command}: error: {said} while starting; nothing was written"]
 
 
 def test_sigterm_ends_a_command_as_ctrl_c_does(photo, tmp_path, capsys, monkeypatch):
@@ -508,7 +514,7 @@ def test_outputs_never_touch_a_model_folder_or_a_pose_sequence(photo, tmp_path, 
     (model / "unet").mkdir(parents=True)
     (model / "unet" / "config.json").write_text("{}")
     args = ["--image", photo, "--model", model, "--out", model / "unet" / "config.png"] + RANDOM[2:]
-    assert "config.json would overwrite the input" in refused(attack.main, args, tmp_path, capsys, 2)
+    assert "inside the input folder" in refused(attack.main, args, tmp_path, capsys, 2)
     poses = tmp_path / "poses.gif"
     Image.new("RGB", (16, 16)).save(poses, save_all=True, append_images=[Image.new("RGB", (16, 16))] * 3)
     args = ["--image", photo, "--model", "tiny-controlnext", "--pose", poses, "--out", poses]
@@ -538,3 +544,205 @@ def test_resume_needs_the_same_inputs_and_the_outputs_still_there(photo, tmp_pat
     out.unlink()  # the guarded photo deleted, its report left
     status, err = run(attack.main, args, capsys)
     assert status == 0 and "skipped" not in err and out.is_file()
+
+
+# ---------------------------------------------------------------- 14. body keypoints, poses.py, model folders
+# A body in the pixels of a 32x64 photo (x, y), as a detector gives it
+BODY = [[16, 8], [16, 16], [12, 16], [10, 24], [9, 30], [20, 16], [22, 24], [23, 30], [14, 34], [14, 46], [14, 58],
+        [18, 34], [18, 46], [18, 58], [15, 7], [17, 7], [14, 8], [18, 8]]
+CONTROLNEXT = ["--model", "tiny-controlnext", "--height", 64, "--width", 64, "--frames", 2, "--sample-steps", 1]
+POSES = ["--height", 64, "--width", 64, "--frames", 2]
+
+
+def body_file(path, points=BODY, start=b""):
+    path.write_bytes(start + json.dumps(points).encode())
+    return path
+
+
+@pytest.fixture
+def person(tmp_path):
+    """A 32x64 photo and its body's keypoints."""
+    return noise_photo(tmp_path / "ph.png", size=(64, 32)), body_file(tmp_path / "body.json")
+
+
+class Hung(BaseException):
+    """A command still blocked after the time allowed (not an Exception: the commands turn those into one line)."""
+
+
+@pytest.fixture
+def no_hang():
+    """A command that blocks (reading a FIFO, say) fails its test after 60 s instead of hanging the suite."""
+    def hung(signum, frame):
+        raise Hung
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def save_tiny_svd(folder):
+    """tiny_svd's networks in the official layout, plain *.safetensors (--variant none)."""
+    svd = tiny_svd(0)
+    for name, (_, _, class_name, stem) in weights.COMPONENTS.items():
+        network, path = getattr(svd, name), folder / name
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps({"_class_name": class_name} | asdict(network.config)))
+        save_file(network.state_dict(), path / f"{stem}.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["poses.py onto its --image", "poses.py onto its --body", "attack.py onto its --body",
+                                  "attack.py into its --pose folder", "evaluate.py into its --victim folder"])
+def test_no_command_writes_onto_or_into_any_input(person, tmp_path, capsys, case):
+    """One list of inputs for every command (files.inputs_of): the photos, --mask, --pose, --body and the model
+    folders; no output overwrites one of them, nor lands in a folder of them, where the next run would read it."""
+    photo, body = person
+    gif = noise_photo(tmp_path / "p.gif", size=(64, 32))
+    (tmp_path / "D").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "D/000.png")
+    (tmp_path / "M/unet").mkdir(parents=True)
+    (tmp_path / "M/unet/config.json").write_text("{}")
+    main, args = {
+        "poses.py onto its --image": (poses_command.main, ["--body", body, "--image", gif, "--out", gif]),
+        "poses.py onto its --body": (poses_command.main, ["--body", body_file(tmp_path / "b.gif"), "--out",
+                                                          tmp_path / "b.gif"]),
+        "attack.py onto its --body": (attack.main, ["--image", photo, "--body", body_file(tmp_path / "ph.guarded.json")]
+                                      + CONTROLNEXT),
+        "attack.py into its --pose folder": (attack.main, ["--image", photo, "--pose", tmp_path / "D", "--out",
+                                                           f"{tmp_path / 'D'}/"] + CONTROLNEXT),
+        "evaluate.py into its --victim folder": (evaluate.main, ["--image", photo, "--victim", tmp_path / "M", "--out",
+                                                                 tmp_path / "M"] + EVALUATE),
+    }[case]
+    message = refused(main, args + (POSES if main is poses_command.main else []), tmp_path, capsys, 2)
+    assert "would overwrite the input" in message or "inside the input folder" in message
+
+
+def test_resume_sees_a_model_folders_weights_replaced(photo, tmp_path, capsys):
+    """What is done already is compared on the model's files too (their names, sizes and modification times):
+    new weights under the same folder name are not taken for the old ones, by attack.py (which makes the photo
+    again) nor by evaluate.py (which refuses to mix them, as any other change of settings)."""
+    folder = save_tiny_svd(tmp_path / "svd")
+    small = ["--model", folder, "--variant", "none", "--height", 64, "--width", 64, "--frames", 3, "--sample-steps", 1]
+    args = ["--image", photo, "--out", tmp_path / "g.png", "--method", "random-sign", "--no-video-check"] + small
+    assert run(attack.main, args, capsys)[0] == 0
+    assert "done already, skipped" in run(attack.main, args, capsys)[1]
+    evaluate_args = ["--image", photo, "--out", tmp_path / "e", "--model", "tiny", "--victim", folder, "--steps", 1,
+                     "--methods", "random-sign", "--video-seeds", 1] + small[2:]
+    assert run(evaluate.main, evaluate_args, capsys)[0] == 0
+    weights_file = folder / "unet/diffusion_pytorch_model.safetensors"
+    os.utime(weights_file, ns=(0, weights_file.stat().st_mtime_ns + 10**9))  # new weights, copied in a second later
+    status, err = run(attack.main, args, capsys)
+    assert status == 0 and "skipped" not in err
+    assert "model_files" in refused(evaluate.main, evaluate_args, tmp_path, capsys, 2)
+
+
+@pytest.mark.parametrize("case", ["--body is a FIFO: attack.py", "--body is a FIFO: sample.py",
+                                  "--body is a FIFO: poses.py", "--body is /dev/zero", "--body of 2 MiB",
+                                  "a model's config.json is a FIFO", "a model's config.json is /dev/zero",
+                                  "a FIFO where evaluate.py's metrics.json goes"])
+def test_every_file_read_is_a_regular_file_of_bounded_size(person, tmp_path, capsys, no_hang, case):
+    """Every small file is read through plumbing/reading.py: a FIFO is not opened for reading (it would block),
+    a device or a file larger than its kind may be is not read (it would fill the memory). One line each."""
+    photo, _ = person
+    fifo, zero, big = tmp_path / "fifo.json", tmp_path / "zero.json", tmp_path / "big.json"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    big.write_text(json.dumps(BODY) + " " * 2**21)
+    model = tmp_path / "M"
+    (model / "transformer").mkdir(parents=True)
+    (model / "transformer/config.json").symlink_to(zero if case.endswith("/dev/zero") else fifo)
+    (tmp_path / "e/ph").mkdir(parents=True)
+    os.mkfifo(tmp_path / "e/ph/metrics.json")
+    poses_args = ["--out", tmp_path / "p.gif"] + POSES
+    main, args, status = {
+        "--body is a FIFO: attack.py": (attack.main, ["--image", photo, "--body", fifo] + CONTROLNEXT, 2),
+        "--body is a FIFO: sample.py": (sample.main, ["--image", photo, "--body", fifo, "--out", tmp_path / "v.gif"]
+                                        + CONTROLNEXT, 2),
+        "--body is a FIFO: poses.py": (poses_command.main, ["--body", fifo] + poses_args, 2),
+        "--body is /dev/zero": (poses_command.main, ["--body", zero] + poses_args, 2),
+        "--body of 2 MiB": (poses_command.main, ["--body", big] + poses_args, 2),
+        "a model's config.json is a FIFO": (attack.main, ["--image", photo, "--model", model] + RANDOM[2:], 1),
+        "a model's config.json is /dev/zero": (attack.main, ["--image", photo, "--model", model] + RANDOM[2:], 1),
+        "a FIFO where evaluate.py's metrics.json goes": (evaluate.main, ["--image", photo, "--out", tmp_path / "e",
+                                                                         "--video-seeds", 1] + EVALUATE, 1),
+    }[case]
+    message = refused(main, args, tmp_path, capsys, status)
+    assert message.split("error: ")[1].startswith("--body") == (status == 2)
+    if "metrics.json" in case:  # said once, not also as unreadable first
+        assert "unreadable" not in run(main, args, capsys)[1]
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "1e308", "-1e6", "NaN", "Infinity", "true", '"1"'])
+def test_keypoints_are_numbers_in_or_near_the_photo(person, tmp_path, capsys, value):
+    """Checked where the JSON is parsed: a number (not a boolean or a string), within the photo or outside it by
+    less than its size, so that no value overflows, warns or makes the drawing slow."""
+    photo, _ = person
+    text = json.dumps(BODY).replace("[16, 8]", f"[16, {value}]", 1)
+    (tmp_path / "body.json").write_text(text)
+    start = time.perf_counter()
+    args = ["--body", tmp_path / "body.json", "--image", photo, "--out", tmp_path / "p.gif"] + POSES
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "--body" in refused(poses_command.main, args, tmp_path, capsys, 2)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("case", ["num_layers 100000", "flow_shift 1e-300"])
+def test_a_wan_config_out_of_range_is_one_error_at_once(photo, tmp_path, capsys, case):
+    """Sizes in a config.json are bounded (model/config.py), so that a typo's 100000 layers is refused before
+    anything is built; the sampler's flow_shift is refused before it is used, with no warning first."""
+    key, value = case.split()
+    configs = {"transformer": {"_class_name": "WanTransformer3DModel"} | asdict(wan.TINY_TRANSFORMER),
+               "vae": {"_class_name": "AutoencoderKLWan", "is_residual": True} | asdict(wan.TINY_VAE),
+               "scheduler": {"_class_name": "UniPCMultistepScheduler"}}
+    configs["transformer" if key == "num_layers" else "scheduler"][key] = json.loads(value)
+    for folder, config in configs.items():
+        (tmp_path / "wan" / folder).mkdir(parents=True)
+        name = "scheduler_config.json" if folder == "scheduler" else "config.json"
+        (tmp_path / "wan" / folder / name).write_text(json.dumps(config))
+    start = time.perf_counter()
+    args = ["--image", photo, "--model", tmp_path / "wan", "--height", 64, "--width", 64, "--frames", 5,
+            "--sample-steps", 1, "--method", "random-sign"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert key in refused(attack.main, args, tmp_path, capsys, 1)
+    assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("case", ["a body with no point seen: attack.py", "a body with no point seen: poses.py",
+                                  "a body at one height: poses.py", "a broken photo with --body",
+                                  "--body '': attack.py", "--body '': sample.py", "--body '': poses.py", "--mask ''",
+                                  "poses.py's --out is a folder"])
+def test_each_error_names_the_flag_that_carries_it(person, tmp_path, capsys, case):
+    """A body no motion can be fitted to is a --body error (status 2) in every command, found when it is read; a
+    photo that cannot be read is an --image error; an empty path is refused, not taken for none; poses.py says
+    nothing but the error when it refuses (its informational line comes after every check)."""
+    photo, body = person
+    nobody = body_file(tmp_path / "nobody.json", [None] * 18)
+    flat = body_file(tmp_path / "flat.json", [[16, 8], [20, 8]] + [None] * 16)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    (tmp_path / "folder.gif").mkdir()
+    poses_args = ["--out", tmp_path / "p.gif"] + POSES
+    main, args, flag, status = {
+        "a body with no point seen: attack.py": (attack.main, ["--image", photo, "--body", nobody] + CONTROLNEXT,
+                                                 "--body", 2),
+        "a body with no point seen: poses.py": (poses_command.main, ["--body", nobody] + poses_args, "--body", 2),
+        "a body at one height: poses.py": (poses_command.main, ["--body", flat] + poses_args, "--body", 2),
+        "a broken photo with --body": (attack.main, ["--image", broken, "--body", body] + CONTROLNEXT, "--image", 1),
+        "--body '': attack.py": (attack.main, ["--image", photo, "--body", ""] + CONTROLNEXT, "argument --body", 2),
+        "--body '': sample.py": (sample.main, ["--image", photo, "--body", "", "--out", tmp_path / "v.gif"]
+                                 + CONTROLNEXT, "argument --body", 2),
+        "--body '': poses.py": (poses_command.main, ["--body", ""] + poses_args, "argument --body", 2),
+        "--mask ''": (attack.main, ["--image", photo, "--mask", ""] + RANDOM, "argument --mask", 2),
+        "poses.py's --out is a folder": (poses_command.main, ["--out", tmp_path / "folder.gif"] + POSES, "--out", 2),
+    }[case]
+    assert refused(main, args, tmp_path, capsys, status).split("error: ")[1].startswith(flag)
+
+
+def test_a_body_file_with_a_byte_order_mark_is_read(person, tmp_path, capsys):
+    photo, _ = person
+    body = body_file(tmp_path / "bom.json", start=b"\xef\xbb\xbf")  # as some Windows editors save UTF-8
+    args = ["--body", body, "--image", photo, "--out", tmp_path / "p.gif"] + POSES
+    assert run(poses_command.main, args, capsys)[0] == 0 and Image.open(tmp_path / "p.gif").n_frames == 2
