@@ -324,21 +324,37 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     }
     files = {out: png_bytes(guarded8, alpha, icc)}
     if args.video_check or args.preview:
-        # Does it protect? The videos of the photo and of the guarded photo, at a seed the attack never used
+        # Does it protect? The videos of the photo, of the guarded photo and of the photo with random noise of the same
+        # L_inf (the baseline that gives a distance its meaning), at a seed the attack never used
         video_seed = held_out_seeds(args.seed)[0]
-        V_src, V_adv = (model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps,
-                                    seed=video_seed, progress=f"video of the {name} photo").cpu()
-                        for name, x in (("source", rgb8), ("guarded", guarded8)))
-        distance = video_distance(*(torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for V in (V_adv, V_src)))
+        noise8 = guarded8 if args.method == "random-sign" else noise_photo(model, rgb8, mask, size, args)
+        photos = {"source": rgb8, "guarded": guarded8, "noise": noise8}
+        videos = {name: model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps, seed=video_seed,
+                                    progress=f"video of the {name} photo").cpu()
+                  for name, x in photos.items() if name != "noise" or noise8 is not guarded8}
+        videos.setdefault("noise", videos["guarded"])
+        frames8 = {name: torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for name, V in videos.items()}
+        distance, noise = (video_distance(frames8[name], frames8["source"]) for name in ("guarded", "noise"))
         report |= {"video_seed": video_seed, "video_psnr_db": distance["video_psnr"],
-                   "video_ssim": distance["video_ssim"]}
+                   "video_ssim": distance["video_ssim"], "noise_video_psnr_db": noise["video_psnr"],
+                   "noise_video_ssim": noise["video_ssim"]}
     if args.preview:
-        videos = preview(model, rgb8, guarded8, size, video_seed, args.sample_steps,
-                         args.attn_blocks, (V_src, V_adv))
-        files |= {out.with_suffix(suffix): data for suffix, data in videos.items()}
+        print("preview: drawing the side-by-side video and the attention maps", file=sys.stderr)
+        files |= {out.with_suffix(suffix): data for suffix, data in
+                  preview(model, tuple(photos.values()), size, video_seed, args.sample_steps, args.attn_blocks,
+                          tuple(videos[name] for name in photos), args.eps).items()}
     files[out.with_suffix(".json")] = json_bytes(report)
     write_files(files)
     return report
+
+
+def noise_photo(model, rgb8, mask, size, args):
+    """The photo (3,H0,W0) uint8 with random-sign noise of the guard's L_inf, as --method random-sign makes it with the
+    same --eps, --mask and --seed: the baseline the guarded photo's video distance is read against."""
+    I_noise, _ = protect(model, (rgb8.float() / 255).to(model.device), method="random-sign", eps=args.eps, size=size,
+                         mask=None if mask is None else mask.to(model.device), seed=args.seed,
+                         attn_blocks=args.attn_blocks)
+    return quantise(rgb8, I_noise, args.eps, mask)
 
 
 def report_settings(args):
@@ -434,8 +450,9 @@ def main(argv=None):
                 continue
             try:
                 report = protect_file(model, photo, out, mask, args, terms, sha256)
-                video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
-                         f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
+                video = (f"; its video {report['video_psnr_db']:.2f} dB from the photo's (SSIM {report['video_ssim']:.4f}"
+                         f"), random noise of the same L_inf {report['noise_video_psnr_db']:.2f} dB (seed "
+                         f"{report['video_seed']}; lower is further)") if "video_seed" in report else ""
                 shown = (f" (on a screen, {report['display_size'][1]}x{report['display_size'][0]}: PSNR "
                          f"{report['display_psnr_db']:.2f} dB, {report['display_ciede2000_mean']:.2f})"
                          if report["display_size"] != report["photo_size"] else "")
