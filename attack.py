@@ -142,12 +142,13 @@ class Objective:
         return terms
 
 
-def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
+def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False):
     """The weights of Eq. 4, so that the terms act on a similar scale (paper Sec. 4.1) whatever their
     units: each term's factor divided by the mean |gradient| of that term with respect to I_adv,
     averaged over `draws` fixed draws, one from the middle of each equal stratum of the adversary's
     schedule (the gradient of L_con alone spans a factor of hundreds across it). The draws come from
-    their own seeded generator, so the weights depend on the photo and its start only.
+    their own seeded generator, so the weights depend on the photo and its start only. progress: a progress bar's
+    label, or False.
     Returns (weights {term: weight}, a record of how they were made)."""
     generator = torch.Generator().manual_seed(CALIBRATION_SEED)
     n = len(objective.sigmas)
@@ -155,7 +156,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
     steps = [int((k + 0.5) * n / draws) for k in range(draws)]
     sums = {name: 0.0 for name in factors}
     I_adv = I_adv.detach().requires_grad_()
-    for step in steps:
+    for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
         values = objective(I_adv, objective.draw(generator, step))
         for name in factors.keys() & values.keys():
             if factors[name]:
@@ -231,16 +232,21 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
         rgb = rgb if grid == (h, w) else F.interpolate(rgb, size=(h, w), mode=UPSAMPLE)  # (1, 3, h, w)
         return F.pad(rgb, (left, photo[1] - left - w, top, photo[0] - top - h)) * m
 
+    if progress:
+        print(f"protect: a {photo[1]}x{photo[0]} photo, attacked on a {grid[1]}x{grid[0]} grid for the model's "
+              f"{size[1]}x{size[0]}: its conditioning, then V_0", file=sys.stderr)
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
                           eot=tuple(eot), progress=progress)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
-    weights, calibration = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors)
+    weights, calibration = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors,
+                                     progress=progress and "calibrating the weights of Eq. 4")
     log, balance = [], []
     bar = tqdm(range(steps), desc="protecting", disable=not progress)
     for k in bar:
         if recalibrate and k and k % recalibrate == 0 or k == steps - 1:  # the terms' balance, then new weights
-            new_weights, record = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors)
+            new_weights, record = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors,
+                                            progress=progress and "the terms' balance")
             balance.append(shares(k, weights, record["mean_abs_grad"]))
             weights = new_weights if recalibrate and k % recalibrate == 0 else weights
         delta = delta.detach().requires_grad_()
@@ -313,6 +319,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                              chroma=args.chroma, progress=True)
     guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     wall = time.perf_counter() - start
+    print("measuring what the guard costs the photo (PSNR, SSIM, CIEDE2000, as a screen shows it)", file=sys.stderr)
     a, b = rgb8.float() / 255, guarded8.float() / 255
     report = {
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
@@ -450,9 +457,10 @@ def main(argv=None):
                 continue
             try:
                 report = protect_file(model, photo, out, mask, args, terms, sha256)
-                video = (f"; its video {report['video_psnr_db']:.2f} dB from the photo's (SSIM {report['video_ssim']:.4f}"
-                         f"), random noise of the same L_inf {report['noise_video_psnr_db']:.2f} dB (seed "
-                         f"{report['video_seed']}; lower is further)") if "video_seed" in report else ""
+                video = (f"; its video {report['video_psnr_db']:.2f} dB from the photo's (SSIM "
+                         f"{report['video_ssim']:.4f}), random noise of the same L_inf "
+                         f"{report['noise_video_psnr_db']:.2f} dB (seed {report['video_seed']}; lower is further)"
+                         ) if "video_seed" in report else ""
                 shown = (f" (on a screen, {report['display_size'][1]}x{report['display_size'][0]}: PSNR "
                          f"{report['display_psnr_db']:.2f} dB, {report['display_ciede2000_mean']:.2f})"
                          if report["display_size"] != report["photo_size"] else "")
