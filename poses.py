@@ -11,13 +11,13 @@ if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, n
 import sys
 from pathlib import Path
 
-import torch
-from PIL import ImageDraw, features
+import numpy as np
+from PIL import Image, ImageDraw, features
 
 from pipelines.controlnext import WINDOW
-from pipelines.poses import generic_poses, read_body
+from pipelines.poses import generic_keypoints, read_body, skeleton_image
 from plumbing.cli import MAX_FRAMES, MAX_SIDE, Parser, check_writable, command, fail, integer, model_size, write_files
-from plumbing.photos import read_photo, to_images, video_bytes
+from plumbing.photos import read_photo, video_bytes
 
 VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
 
@@ -34,6 +34,15 @@ def flags():
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), default=WINDOW, help="frames per sequence")
     p.add_argument("--fps", type=integer(1, 1000), default=7, help="playback frame rate")
     return p
+
+
+def side_by_side(frames, names):
+    """Frames (H, W, 3) uint8, one per sequence -> one PIL image, each frame labelled with its sequence's name."""
+    im = Image.fromarray(np.concatenate(frames, axis=1))  # (H, K*W, 3)
+    draw = ImageDraw.Draw(im)
+    for k, name in enumerate(names):
+        draw.text((k * frames[0].shape[1] + 3, 2), name, fill="white")
+    return im
 
 
 @command
@@ -58,13 +67,9 @@ def main(argv=None):
             body = read_body(args.body, photo_size, size)
         except ValueError as e:
             fail(f"--body: {e}")
-    sequences = generic_poses(args.frames, *size, body)
-    frames = torch.cat(list(sequences.values()), dim=-1) * 2 - 1  # (F, 3, H, K*W) in [-1, 1]
-    images = to_images(frames)
-    for im in images:
-        draw = ImageDraw.Draw(im)
-        for k, name in enumerate(sequences):
-            draw.text((k * size[1] + 3, 2), name, fill="white")
+    sequences = generic_keypoints(args.frames, *size, body)
+    images = [side_by_side([skeleton_image(keypoints[t], *size) for keypoints in sequences.values()], sequences)
+              for t in range(args.frames)]
     write_files({out: video_bytes(images, args.fps, VIDEO_FORMATS[out.suffix.lower()])})
     fitted = "fitted to the body in " + args.body if body is not None else "centred, not fitted to a body"
     print(f"wrote {out}: {', '.join(sequences)} side by side, {args.frames} frames of {size[0]}x{size[1]}, {fitted}",
