@@ -16,7 +16,17 @@ with torchrun or --shard (plumbing/shard.py). With --eot, each iteration attacks
 adversary may receive it: recompressed, resized, cropped, blurred, noisy, denoised or through the model's own
 VAE (judging/transforms.py).
 
-example: python attack.py --image examples/astronaut.png
+Reading the progress bar (docs/method.md): enc and con are L_enc and L_con against their values at step 1, dA is
+the attention distance ||A_adv - A_src||^2. Each step draws its own noise level, and L_con spans a factor of hundreds
+across them, so con jumps from step to step (0.8x, then 1.2x): a rise is the level drawn, not the attack failing.
+Whether the photo is protected is the video check's line at the end: the guarded photo's video against that of
+random noise of the same L_inf.
+
+Each model's defaults (size, frames, --eps, --sample-steps) are listed with their flags below. A photo whose shape
+is not the model's: SVD and CogVideoX squeeze it to the model's size, as their reference pipelines do; ControlNeXt
+and Wan resize it to cover the frame and crop the centre, as their releases do.
+
+example: python attack.py --image examples/astronaut_face.png --model toy --preview
 """
 if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
     from plumbing.starting import quiet_start

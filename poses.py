@@ -2,7 +2,7 @@
 pipelines/poses.py, side by side in one animated GIF or WebP. With --body, each starts from the photo's own pose
 and is fitted to its body as the release fits its driving poses; without, they are centred and start neutral.
 
-example: python poses.py --body body.json --height 576 --width 1024 --frames 14 --out poses.gif
+example: python poses.py --body examples/astronaut_body.json --image examples/astronaut.png --out poses.gif
 """
 if __name__ == "__main__":  # Ctrl-C while the modules below import: one line, not a traceback
     from plumbing.starting import quiet_start
@@ -29,7 +29,8 @@ def flags():
                    "the photo's pixels (null: not seen); default: none, the motions centred")
     p.add_argument("--image", help="the photo --body's pixels belong to: the release resizes and centre-crops it to "
                    "the frame (default: --body is in pixels of the height x width frame)")
-    p.add_argument("--height", type=integer(8, MAX_SIDE), help="frame height, a multiple of 8 (default: 1024)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE), help="frame height, a multiple of 8 (default: 1024, "
+                   "ControlNeXt's portrait frame)")
     p.add_argument("--width", type=integer(8, MAX_SIDE), help="frame width, a multiple of 8 (default: 576)")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), default=WINDOW, help="frames per sequence")
     p.add_argument("--fps", type=integer(1, 1000), default=7, help="playback frame rate")

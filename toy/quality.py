@@ -86,17 +86,24 @@ def photo_scores(svd, paths, steps, size):
     return scores, videos
 
 
-def main(argv=None):
+def flags():
+    """The command's flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=24, help="held-out generated clips")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--sample-steps", "--steps", dest="steps", type=int, default=25,
+                   help="denoising steps of every video (--steps: a deprecated alias; in the commands --steps is "
+                        "attack iterations)")
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--gif", help="also write a GIF of the toy's videos of four example photos")
     p.add_argument("--weights", default=str(TOY_MODEL),
                    help="the trained toy's folder (default: the shipped toy/weights)")
     p.add_argument("--threads", type=integer(1, 1024), help="CPU threads (default: OMP_NUM_THREADS, else one per "
                    "core not busy with other work, as the commands choose)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = flags().parse_args(argv)
     print(f"toy.quality: {choose_threads(args.threads)} thread(s); {args.clips} clips and the example photos, "
           f"{args.steps} sampling steps each", file=sys.stderr)
 
