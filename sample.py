@@ -1,5 +1,5 @@
 """Turn one image into a short video with an image-to-video model, as its reference pipeline does: Stable Video
-Diffusion (img2vid) by default, ControlNeXt-SVD-v2, CogVideoX-5B-I2V or Wan2.2-TI2V-5B (--model).
+Diffusion (img2vid), or the one --model names: ControlNeXt-SVD-v2, CogVideoX-5B-I2V or Wan2.2-TI2V-5B.
 
 For SVD, conditioning, the EDM Euler sampler with per-frame classifier-free guidance and the chunked decoding
 follow diffusers' StableVideoDiffusionPipeline step by step. The pieces the attack reuses (image IO,
@@ -8,8 +8,8 @@ entry point, turns them off.
 
 A photo whose shape is not the model's: SVD and CogVideoX squeeze it to the model's size, as their reference
 pipelines do; ControlNeXt and Wan resize it to cover the frame and crop the centre, as their releases do.
-Each model's defaults are listed with the flags below; --sample-steps is the sampler's denoising steps (--steps
-is its deprecated alias: in attack.py and evaluate.py --steps is attack iterations).
+Each model's own size, frames and steps are listed with the flags below; --sample-steps is the sampler's
+denoising steps (--steps is its deprecated alias: in attack.py and evaluate.py --steps is attack iterations).
 
 example: python sample.py --image examples/astronaut.png --out astronaut.gif --model toy
 """
