@@ -16,21 +16,23 @@ with torchrun or --shard (plumbing/shard.py). With --eot, each iteration attacks
 adversary may receive it: recompressed, resized, cropped, blurred, noisy, denoised or through the model's own
 VAE (judging/transforms.py).
 
-example: python attack.py --image examples/astronaut.png
+example: python attack.py --image examples/astronaut_face.png --model toy --preview
 """
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start
     quiet_start()
 
+import sys
+
 import torch
 from tqdm import tqdm
 
-from judging.figures import video_check
+from judging.figures import random_sign, video_check
 from judging.purifiers import VAERoundTrip
 from judging.report import protected_line
 from judging.transforms import differentiable, draw_eot, needs_vae
 from judging.visibility import owner_view, perceptual_budget
-from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss, image_loss, mean_sq,
+from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss, image_loss, mean_sq, shares,
                     total_loss)
 from pipelines import load_pipeline
 from pipelines.resize import upsampled_onto
@@ -138,12 +140,13 @@ class Objective:
         return terms
 
 
-def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
+def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False):
     """The weights of Eq. 4, so that the terms act on a similar scale (paper Sec. 4.1) whatever their
     units: each term's factor divided by the mean |gradient| of that term with respect to I_adv,
     averaged over `draws` fixed draws, one from the middle of each equal stratum of the adversary's
     schedule (the gradient of L_con alone spans a factor of hundreds across it). The draws come from
-    their own seeded generator, so the weights depend on the photo and its start only.
+    their own seeded generator, so the weights depend on the photo and its start only. progress: a progress bar's
+    label, or False.
     Returns (weights {term: weight}, a record of how they were made)."""
     generator = torch.Generator().manual_seed(CALIBRATION_SEED)
     n = len(objective.sigmas)
@@ -151,7 +154,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS):
     steps = [int((k + 0.5) * n / draws) for k in range(draws)]
     sums = {name: 0.0 for name in factors}
     I_adv = I_adv.detach().requires_grad_()
-    for step in steps:
+    for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
         values = objective(I_adv, objective.draw(generator, step))
         for name in factors.keys() & values.keys():
             if factors[name]:
@@ -206,8 +209,7 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     top, left, h, w = model.seen_box(photo, size) if perturb_at == "model" else (0, 0, *photo)
     grid = (min(h, size[0]), min(w, size[1])) if perturb_at == "model" else photo
     if method == "random-sign":  # uniform-sign noise at the photo's own pixels
-        noise = (torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m
-        return (I_src + eps * noise.sign()).clamp(0, 1)[0], {"weights": None, "steps": []}
+        return random_sign(I_src, eps, mask, seed)[0], {"weights": None, "steps": []}
     if budget == "perceptual":  # each pixel's share of eps, from the photo: where a change shows least
         m = m * perceptual_budget(I_src[0]).to(I_src)
     # The perturbation: channel 0 is shared by R, G and B (bound (1 - chroma) eps), channels 1-3 are each
@@ -226,16 +228,21 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
         rgb = delta[:, :1] + delta[:, 1:]  # sees, zero outside it and the mask; (1, 3, *grid)
         return (rgb if grid == photo else upsampled_onto(rgb, photo, (top, left, h, w), UPSAMPLE)) * m
 
+    if progress:
+        print(f"protect: a {photo[1]}x{photo[0]} photo, attacked on a {grid[1]}x{grid[0]} grid for the model's "
+              f"{size[1]}x{size[0]}: its conditioning, then V_0", file=sys.stderr)
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
                           eot=tuple(eot), progress=progress)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
-    weights, calibration = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors)
+    weights, calibration = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors,
+                                     progress=progress and "calibrating the weights of Eq. 4")
     log, balance = [], []
     bar = tqdm(range(steps), desc="protecting", disable=not progress)
     for k in bar:
         if recalibrate and k and k % recalibrate == 0 or k == steps - 1:  # the terms' balance, then new weights
-            new_weights, record = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors)
+            new_weights, record = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors,
+                                            progress=progress and "the terms' balance")
             balance.append(shares(k, weights, record["mean_abs_grad"]))
             weights = new_weights if recalibrate and k % recalibrate == 0 else weights
         delta = delta.detach().requires_grad_()
@@ -266,12 +273,6 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
                    "con_hinge_active_share": sum(hinge) / len(hinge) if hinge else None, "steps": log}
 
 
-def shares(step, weights, mean_abs_grad):
-    """Each term's share of the weighted gradient, sum_k w_k mean|dL_k/dI_adv|, at a step: the balance."""
-    parts = {name: weights[name] * g for name, g in mean_abs_grad.items() if weights[name] and g}
-    return {"step": step} | {name: part / sum(parts.values()) for name, part in parts.items()}
-
-
 # ---------------------------------------------------------------- command line
 def selected_terms(no_spatial=False, no_temporal=False, no_diffusion=False):
     """The loss terms left after the ablations of Table 1."""
@@ -297,6 +298,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                                  recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
                                  chroma=args.chroma, progress=True)
         guarded8 = quantise(rgb8, I_adv, args.eps, mask)
+    print("measuring what the guard costs the photo (PSNR, SSIM, CIEDE2000, as a screen shows it)", file=sys.stderr)
     a, b = rgb8.float() / 255, guarded8.float() / 255
     report = {
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
@@ -308,7 +310,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     }
     files = {out: png_bytes(guarded8, alpha, icc)}
     if args.video_check or args.preview:  # does it protect? The videos, at a seed the attack never used
-        checked, previews = video_check(model, rgb8, guarded8, out, args, size)
+        checked, previews = video_check(model, rgb8, guarded8, out, args, size, mask)
         report, files = report | checked, files | previews
     files[out.with_suffix(".json")] = json_bytes(report)
     write_files(files)

@@ -53,3 +53,9 @@ def check_finite(step, tensors):
     if broken:
         raise ValueError(f"{', '.join(broken)} not finite at step {step + 1}: the model's weights or the settings "
                          "are broken")
+
+
+def shares(step, weights, mean_abs_grad):
+    """Each term's share of the weighted gradient, sum_k w_k mean|dL_k/dI_adv|, at a step: the balance."""
+    parts = {name: weights[name] * g for name, g in mean_abs_grad.items() if weights[name] and g}
+    return {"step": step} | {name: part / sum(parts.values()) for name, part in parts.items()}

@@ -2,7 +2,7 @@
 pipelines/poses.py, side by side in one animated GIF or WebP. With --body, each starts from the photo's own pose
 and is fitted to its body as the release fits its driving poses; without, they are centred and start neutral.
 
-example: python poses.py --body body.json --height 576 --width 1024 --frames 14 --out poses.gif
+example: python poses.py --body examples/astronaut_body.json --image examples/astronaut.png --out poses.gif
 """
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start
@@ -11,15 +11,15 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: 
 import sys
 from pathlib import Path
 
-import torch
-from PIL import ImageDraw, features
+import numpy as np
+from PIL import Image, ImageDraw, features
 
 from pipelines.controlnext import WINDOW
-from pipelines.poses import generic_poses, read_body
+from pipelines.poses import generic_keypoints, read_body, skeleton_image
 from plumbing.cli import (MAX_FRAMES, MAX_SIDE, Parser, check_writable, command, fail, integer, model_size, path,
                           refuse_clashes, write_files)
 from plumbing.files import inputs_of
-from plumbing.photos import read_photo, to_images, video_bytes
+from plumbing.photos import read_photo, video_bytes
 
 VIDEO_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
 
@@ -33,11 +33,21 @@ def flags():
     p.add_argument("--image", type=path,
                    help="the photo --body's pixels belong to: the release resizes and centre-crops it to "
                    "the frame (default: --body is in pixels of the height x width frame)")
-    p.add_argument("--height", type=integer(8, MAX_SIDE), help="frame height, a multiple of 8 (default: 1024)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE), help="frame height, a multiple of 8 (default: 1024, "
+                   "ControlNeXt's portrait frame)")
     p.add_argument("--width", type=integer(8, MAX_SIDE), help="frame width, a multiple of 8 (default: 576)")
     p.add_argument("--frames", type=integer(1, MAX_FRAMES), default=WINDOW, help="frames per sequence")
     p.add_argument("--fps", type=integer(1, 1000), default=7, help="playback frame rate")
     return p
+
+
+def side_by_side(frames, names):
+    """Frames (H, W, 3) uint8, one per sequence -> one PIL image, each frame labelled with its sequence's name."""
+    im = Image.fromarray(np.concatenate(frames, axis=1))  # (H, K*W, 3)
+    draw = ImageDraw.Draw(im)
+    for k, name in enumerate(names):
+        draw.text((k * frames[0].shape[1] + 3, 2), name, fill="white")
+    return im
 
 
 @command
@@ -65,13 +75,9 @@ def main(argv=None):
             body = read_body(args.body, photo_size, size)
         except ValueError as e:
             fail(f"--body: {e}")
-    sequences = generic_poses(args.frames, *size, body)
-    frames = torch.cat(list(sequences.values()), dim=-1) * 2 - 1  # (F, 3, H, K*W) in [-1, 1]
-    images = to_images(frames)
-    for im in images:
-        draw = ImageDraw.Draw(im)
-        for k, name in enumerate(sequences):
-            draw.text((k * size[1] + 3, 2), name, fill="white")
+    sequences = generic_keypoints(args.frames, *size, body)
+    images = [side_by_side([skeleton_image(keypoints[t], *size) for keypoints in sequences.values()], sequences)
+              for t in range(args.frames)]
     write_files({out: video_bytes(images, args.fps, VIDEO_FORMATS[out.suffix.lower()])})
     fitted = "fitted to the body in " + args.body if body is not None else "centred, not fitted to a body"
     print(f"wrote {out}: {', '.join(sequences)} side by side, {args.frames} frames of {size[0]}x{size[1]}, {fitted}",

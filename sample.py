@@ -1,11 +1,17 @@
-"""Turn one image into a short video with Stable Video Diffusion (img2vid), as the reference pipeline does.
+"""Turn one image into a short video with an image-to-video model, as its reference pipeline does: Stable Video
+Diffusion (img2vid), or the one --model names: ControlNeXt-SVD-v2, CogVideoX-5B-I2V or Wan2.2-TI2V-5B.
 
-Conditioning, the EDM Euler sampler with per-frame classifier-free guidance and the chunked decoding
+For SVD, conditioning, the EDM Euler sampler with per-frame classifier-free guidance and the chunked decoding
 follow diffusers' StableVideoDiffusionPipeline step by step. The pieces the attack reuses (image IO,
 the CLIP resize, the two conditioning paths, `denoise`) keep their gradients; only `generate`, an
 entry point, turns them off.
 
-example: python sample.py --image photo.jpg --out video.gif --seed 0
+A photo whose shape is not the model's: SVD and CogVideoX squeeze it to the model's size, as their reference
+pipelines do; ControlNeXt and Wan resize it to cover the frame and crop the centre, as their releases do.
+Each model's own size, frames and steps are listed with the flags below; --sample-steps is the sampler's
+denoising steps (--steps is its deprecated alias: in attack.py and evaluate.py --steps is attack iterations).
+
+example: python sample.py --image examples/astronaut.png --out astronaut.gif --model toy
 """
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the modules below import: one line
     from plumbing.starting import quiet_start

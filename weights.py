@@ -19,6 +19,7 @@ from huggingface_hub import constants, get_session, hf_hub_download
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
                                     LocalEntryNotFoundError, RepositoryNotFoundError)
 from safetensors import SafetensorError, safe_open
+from tqdm import tqdm
 
 from model import VAE, CLIPConfig, CLIPImageEncoder, UNet, UNetConfig, VAEConfig
 from plumbing.reading import read_json
@@ -34,6 +35,7 @@ COMPONENTS = {
     "image_encoder": (CLIPImageEncoder, CLIPConfig, "CLIPVisionModelWithProjection", "model"),
 }
 IGNORED_KEYS = ("vision_model.embeddings.position_ids",)  # a constant buffer that older CLIP files carry
+LOAD_BAR_BYTES = 2**28  # reading weight files larger than this shows a progress bar (the releases', not the toy's)
 
 
 class WeightsError(Exception):
@@ -160,13 +162,18 @@ def load_checked(model, paths, dtype=torch.float32, device="cpu", ignored=IGNORE
             problems = [f"missing keys: {short_list(missing)}"] * bool(missing)
             problems += [f"unexpected keys: {short_list(unexpected)}"] * bool(unexpected)
             raise WeightsError(f"{where} does not match {name}: " + "; ".join(problems))
-        for path in paths:
-            with safe_open(str(path), framework="pt") as f:
-                for k in sorted(keys & set(f.keys())):  # tensor by tensor, so at most one extra copy is alive
-                    shape = tuple(f.get_slice(k).get_shape())
-                    if shape != expected[k]:
-                        raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
-                    state[k] = f.get_tensor(k).to(device=device, dtype=dtype)
+        size = sum(path.stat().st_size for path in map(Path, paths))
+        with tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {name}", disable=size < LOAD_BAR_BYTES,
+                  leave=False) as bar:
+            for path in paths:
+                with safe_open(str(path), framework="pt") as f:
+                    for k in sorted(keys & set(f.keys())):  # tensor by tensor, so at most one extra copy is alive
+                        shape = tuple(f.get_slice(k).get_shape())
+                        if shape != expected[k]:
+                            raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
+                        tensor = f.get_tensor(k)
+                        bar.update(tensor.nbytes)
+                        state[k] = tensor.to(device=device, dtype=dtype)
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     model.load_state_dict(state, strict=True, assign=True)

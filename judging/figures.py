@@ -1,26 +1,34 @@
-"""What the adversary would see, for attack.py's video check and --preview: how far the video of the guarded
-photo is from that of the source (video_check); the two videos side by side, and the paper's Fig. 3: the
-temporal self-attention maps of the attacked blocks when the adversary's model animates the source photo,
-beside the same maps for the guarded photo.
+"""What the adversary would see, for attack.py's video check and --preview: how far the videos of the guarded photo
+and of the photo with random noise of the same L_inf are from the clean photo's (video_check); the three videos
+side by side, with how far each is from the clean photo's
+video frame by frame; and the paper's Fig. 3: the temporal self-attention maps of the attacked blocks when the
+adversary's model animates the source photo, beside the same maps for the guarded photo.
 
-Both passes denoise the same noisy latents of the source's video at the middle noise level of the
-sampling schedule, with the same draw of the pipeline's randomness, so the maps differ only through the photo.
+The random noise is the baseline that gives a distance its meaning: noise that changes the photo as much as the
+guard does, but is not aimed at the model. Both attention passes denoise the same noisy latents of the source's
+video at the middle noise level of the sampling schedule, with the same draw of the pipeline's randomness, so the
+maps differ only through the photo.
 """
 import io
 import math
+import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from judging.metrics import held_out_seeds, video_distance
+from judging.metrics import held_out_seeds, psnr, video_distance
+from plumbing.files import quantise
 from plumbing.photos import model_input, to_images, to_uint8, video_bytes
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
 FPS = 7  # frame rate of the preview GIFs
-# How much the difference panels amplify, in units of [-1, 1] (so x10 on 0..255 levels for PHOTO_GAIN = 20)
-PHOTO_GAIN, VIDEO_GAIN = 20, 8
+GAIN = 4  # the difference panels show |frame - clean frame| x GAIN in levels of 255: one gain for every panel
+PANEL = 256  # the smallest width a panel is shown at: smaller videos (the toy's 64 pixels) are enlarged, pixels kept
+INFINITE_DB = 60  # where the plot draws a frame equal to the clean one (an infinite PSNR)
+FOOTER = 3 * LABEL + 4  # height of the three lines of text under the preview's panels
+# the plot's lines: colours that a GIF's 256-colour palette keeps beside the videos' own
+GUARDED_COLOUR, NOISE_COLOUR = (255, 64, 64), (235, 235, 235)
 
 
 def heat(values):
@@ -91,61 +99,151 @@ def attention_figure(maps, latent_size):
     return sheet
 
 
-def video_check(model, src8, guarded8, out, args, size):
-    """Does it protect? The videos the model makes of the source photo and of the guarded one at `size` (attack.py's
-    flags `args` give their frames and steps) at a seed the attack never used, and how far apart they are ->
-    (the report's fields, {path: bytes}: with --preview, the files of `preview` beside the guarded photo `out`)."""
+def frame_distances(V, V_src):
+    """Per frame, the PSNR in dB of a video's 8-bit frames (F,H,W,3) uint8 to the clean video's."""
+    return [psnr(torch.from_numpy(a).double() / 255, torch.from_numpy(b).double() / 255) for a, b in zip(V, V_src)]
+
+
+def enlarged(array, size, resample=Image.Resampling.NEAREST):
+    """(H,W,3) uint8 -> a PIL image of size (width, height)."""
+    im = Image.fromarray(array)
+    return im if im.size == size else im.resize(size, resample)
+
+
+def difference(V, V_src):
+    """|V - V_src| x GAIN in levels of 255, (F,H,W,3) uint8: black where nothing changed, white from 256 / GAIN."""
+    return (np.abs(V.astype(np.int16) - V_src) * GAIN).clip(0, 255).astype(np.uint8)
+
+
+def distance_plot(distances, frame, size, noise_label):
+    """A panel of size (width, height): the per-frame PSNR to the clean video of the guarded photo's video and of the
+    noise's (distances: two lists of dB), frame `frame` marked. Lower is further from the clean video."""
+    width, height = size
+    panel = Image.new("RGB", size, (24, 24, 24))
+    draw = ImageDraw.Draw(panel)
+    values = [min(v, INFINITE_DB) for d in distances for v in d]
+    low, high = math.floor(min(values)) - 1, math.ceil(max(values)) + 1
+    left, right, top, bottom = 30, width - 8, 2 * LABEL + 4, height - LABEL - 4
+    frames = len(distances[0])
+
+    def at(t, db):
+        x = left + (right - left) * (t / max(frames - 1, 1))
+        return x, bottom - (bottom - top) * (min(db, INFINITE_DB) - low) / (high - low)
+    draw.rectangle((left, top, right, bottom), outline=(120, 120, 120))
+    x = at(frame, low)[0]
+    draw.line((x, top, x, bottom), fill=(200, 200, 200))
+    for d, colour in zip(distances, (GUARDED_COLOUR, NOISE_COLOUR)):
+        points = [at(t, db) for t, db in enumerate(d)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        draw.ellipse((points[frame][0] - 3, points[frame][1] - 3, points[frame][0] + 3, points[frame][1] + 3),
+                     fill=colour)
+    draw.text((3, 2), "PSNR to the clean video, dB", fill="white")
+    draw.text((3, LABEL + 2), "guarded", fill=GUARDED_COLOUR)
+    draw.text((3 + draw.textlength("guarded  "), LABEL + 2), noise_label, fill=NOISE_COLOUR)
+    draw.text((2, top - 2), f"{high}", fill="white")
+    draw.text((2, bottom - 10), f"{low}", fill="white")
+    draw.text((left, bottom + 2), f"frame {frame} of {frames} (lower = further)", fill="white")
+    return panel
+
+
+def side_by_side(photos, videos, seed, eps, poses=None):
+    """The frames of .preview.gif: columns clean | guarded | noise; rows: the photos as the pipeline resizes them, their
+    videos (frame t) with its PSNR to the clean video's frame t, and |video - clean video| x GAIN beside a plot of the
+    per-frame PSNR. photos: three (3,H,W) in [-1,1]; videos: three (F,3,H,W) in [-1,1]; poses: the poses the videos
+    follow (F,3,h,w) in [0,1], a fourth column, or None."""
+    photos8 = [to_uint8(p[None])[0] for p in photos]  # (H, W, 3) uint8 each
+    V_src, V_adv, V_noise = (to_uint8(V) for V in videos)  # (F, H, W, 3) uint8 each
+    distances = [frame_distances(V, V_src) for V in (V_adv, V_noise)]
+    levels = f"{eps * 255:.3g}/255"  # 8/255 for --eps 8/255
+    noise_label = f"±{levels} noise"
+    labels = [["clean photo", "guarded photo", f"{noise_label} photo"],
+              [f"clean photo's video (seed {seed})", "guarded's video: {:.1f} dB", "noise's video: {:.1f} dB"],
+              ["", f"|guarded's - clean's| x{GAIN}", f"|noise's - clean's| x{GAIN}"]]
+    h, w = photos8[0].shape[:2]
+    widest = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label.format(99.9))
+                 for row in labels for label in row) + 8
+    scale = max(math.ceil(PANEL / w), math.ceil(widest / w), 1)
+    size = (w * scale, h * scale)
+    columns = 3 + (poses is not None)
+    footer = [f"Photos as the model takes them ({h}x{w}); videos at seed {seed}, which the attack never used; panels "
+              f"enlarged x{scale}.",
+              f"Noise: each pixel the guard may change, moved by ±{levels} at random in each channel (the guard's "
+              "L_inf).",
+              f"Difference panels: one gain for both, x{GAIN} on levels of 255 ({256 // GAIN} levels or more show "
+              "white)."]
+    photo_panels = [enlarged(p, size) for p in photos8]
+    frames = []
+    for t in range(len(V_src)):
+        sheet = Image.new("RGB", (columns * size[0], 3 * size[1] + FOOTER), "black")
+        panels = [photo_panels, [enlarged(V[t], size) for V in (V_src, V_adv, V_noise)],
+                  [distance_plot(distances, t, size, noise_label),
+                   *(enlarged(difference(V[t], V_src[t]), size) for V in (V_adv, V_noise))]]
+        if poses is not None:
+            pose = to_uint8(poses[t:t + 1].float() * 2 - 1)[0]
+            panels[1].append(enlarged(pose, size, Image.Resampling.BILINEAR))
+        draw = ImageDraw.Draw(sheet)
+        for r, row in enumerate(panels):
+            for c, panel in enumerate(row):
+                sheet.paste(panel, (c * size[0], r * size[1]))
+                label = labels[r][c] if c < 3 else "the poses followed"
+                if label:
+                    label = label.format(distances[c - 1][t]) if r == 1 and c in (1, 2) else label
+                    draw.text((c * size[0] + 3, r * size[1] + 2), label, fill="yellow", stroke_width=1,
+                              stroke_fill="black")
+        for k, line in enumerate(footer):
+            draw.text((3, 3 * size[1] + 2 + k * LABEL), line, fill="white")
+        frames.append(sheet)
+    return frames
+
+
+def random_sign(I_src, eps, mask=None, seed=0):
+    """I_src (1,3,H0,W0) in [0,1] with uniform-sign noise of size eps (within the mask (H0,W0) of 0/1): the
+    random-sign baseline, attack.protect's method "random-sign"; its draws are protect's for the same seed."""
+    generator = torch.Generator().manual_seed(seed)
+    m = torch.ones_like(I_src[:, :1]) if mask is None else mask.to(I_src)[None, None]  # (1, 1, H0, W0)
+    noise = (torch.rand(I_src.shape, generator=generator) * 2 - 1).to(I_src) * eps * m
+    return (I_src + eps * noise.sign()).clamp(0, 1)
+
+
+def video_check(model, src8, guarded8, out, args, size, mask=None):
+    """Does it protect? The videos the model makes at `size` (attack.py's flags `args` give their frames and steps) at
+    a seed the attack never used, of the source photo, of the guarded one and of the photo with random-sign noise of
+    the same L_inf (--eps, --mask, --seed: the baseline that gives a distance its meaning), and how far the latter two
+    are from the first -> (the report's fields, {path: bytes}: with --preview, preview's files beside `out`)."""
     seed = held_out_seeds(args.seed)[0]
-    V_src, V_adv = (model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps, seed=seed,
+    noise8 = guarded8 if args.method == "random-sign" else quantise(
+        src8, random_sign((src8.float() / 255)[None], args.eps, mask, args.seed)[0], args.eps, mask)
+    photos = {"source": src8, "guarded": guarded8, "noise": noise8}
+    videos = {name: model.video(x, size=size, num_frames=args.frames, steps=args.sample_steps, seed=seed,
                                 progress=f"video of the {name} photo").cpu()
-                    for name, x in (("source", src8), ("guarded", guarded8)))
-    distance = video_distance(*(torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for V in (V_adv, V_src)))
-    fields = {"video_seed": seed, "video_psnr_db": distance["video_psnr"], "video_ssim": distance["video_ssim"]}
+              for name, x in photos.items() if name != "noise" or noise8 is not guarded8}
+    videos.setdefault("noise", videos["guarded"])
+    frames8 = {name: torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for name, V in videos.items()}
+    distance, noise = (video_distance(frames8[name], frames8["source"]) for name in ("guarded", "noise"))
+    fields = {"video_seed": seed, "video_psnr_db": distance["video_psnr"], "video_ssim": distance["video_ssim"],
+              "noise_video_psnr_db": noise["video_psnr"], "noise_video_ssim": noise["video_ssim"]}
     if not args.preview:
         return fields, {}
-    videos = preview(model, src8, guarded8, size, seed, args.sample_steps, args.attn_blocks, (V_src, V_adv))
-    return fields, {out.with_suffix(suffix): data for suffix, data in videos.items()}
+    print("preview: drawing the side-by-side video and the attention maps", file=sys.stderr)
+    files = preview(model, tuple(photos.values()), size, seed, args.sample_steps, args.attn_blocks,
+                    tuple(videos[name] for name in photos), args.eps)
+    return fields, {out.with_suffix(suffix): data for suffix, data in files.items()}
 
 
-def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
-    """The videos the model made from the source photo and from the guarded one with `seed` (one the attack
-    did not use), `frames` = (V_src, V_adv) (F,3,H,W) in [-1,1], as the adversary would make them, and the
-    paper's Fig. 3 for them: file bytes by suffix, .before.gif, .after.gif, .preview.gif side by side
-    (photos on top, their videos below, each column labelled; for a pose-conditioned model, the poses the
-    videos follow in a fourth column), and .attention.png, the temporal attention maps of the attacked blocks."""
-    videos, inputs = [], {}
+def preview(model, photos, size, seed, steps, attn_blocks, videos, eps):
+    """What the adversary's model makes of the clean photo, the guarded photo and the photo with random noise of the
+    same L_inf `eps`, photos = (clean, guarded, noise) (3,H0,W0) uint8, at `seed` (one the attack did not use),
+    videos = (V_src, V_adv, V_noise) (F,3,H,W) in [-1,1]; and the paper's Fig. 3 for the clean and guarded photos:
+    file bytes by suffix, .before.gif, .after.gif, .preview.gif (side_by_side; for a pose-conditioned model, the poses
+    the videos follow in a fourth column), and .attention.png, the temporal attention maps of the attacked blocks."""
     device = model.device
-    for (name, rgb8), V in zip((("source", src8), ("guarded", guarded8)), frames):
-        # (3, H, W) in [-1, 1], resized as the pipeline resizes (ControlNeXt: centre-cropped as its release does)
-        image = model.model_input(rgb8, size) if hasattr(model, "model_input") else model_input(rgb8, size)
-        videos.append((image, V))
-        inputs[name] = ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
-    (src, V_src), (adv, V_adv) = videos
-    # values in [-1, 1]: a difference d is shown as -1 + GAIN * |d|, black where nothing changed
-    top = torch.cat([src, adv, (-1 + PHOTO_GAIN * (adv - src).abs()).clamp(-1, 1)], dim=-1)  # (3, H, 3W)
-    rows = [torch.cat([a, b, (-1 + VIDEO_GAIN * (a - b).abs()).clamp(-1, 1)], dim=-1) for a, b in zip(V_src, V_adv)]
-    labels = ["source photo", "guarded photo", f"|difference| x{PHOTO_GAIN // 2}", f"its video (seed {seed})",
-              "guarded's video", f"|difference| x{VIDEO_GAIN // 2}"]
-    if hasattr(model, "pose_sequences"):  # a pose-conditioned model: the poses the videos follow, in a fourth column
-        poses = F.interpolate(model.poses(0, len(V_src)).float(), size=tuple(src.shape[-2:]), mode="bilinear")
-        top = torch.cat([top, -torch.ones_like(src)], dim=-1)  # (3, H, 4W)
-        rows = [torch.cat([row, pose.to(row) * 2 - 1], dim=-1) for row, pose in zip(rows, poses)]
-        labels[3:3] = [""]
-        labels.append("the poses followed")
-    grid = torch.stack([torch.cat([top, row], dim=-2) for row in rows])  # (F, 3, 2H, columns * W)
-    side_by_side = to_images(grid)
-    columns = len(labels) // 2
-    w, h = side_by_side[0].width // columns, side_by_side[0].height // 2
-    # panels narrower than their labels (the toy's 64 pixels) are enlarged, pixels kept sharp, until every label fits
-    widest = max(ImageDraw.Draw(side_by_side[0]).textlength(label) for label in labels) + 8
-    if (scale := math.ceil(widest / w)) > 1:
-        side_by_side = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in side_by_side]
-        w, h = w * scale, h * scale
-    labels = [(k % columns * w, k // columns * h, label) for k, label in enumerate(labels)]
-    for im in side_by_side:
-        draw = ImageDraw.Draw(im)
-        for x, y, label in labels:
-            draw.text((x + 3, y + 2), label, fill="yellow", stroke_width=1, stroke_fill="black")
+    # (3, H, W) in [-1, 1], resized as the pipeline resizes (ControlNeXt, Wan: centre-cropped as their releases do)
+    inputs = [model.model_input(rgb8, size) if hasattr(model, "model_input") else model_input(rgb8, size)
+              for rgb8 in photos]
+    V_src, V_adv, _ = videos
+    poses = model.poses(0, len(V_src)) if hasattr(model, "pose_sequences") else None
+    frames = side_by_side(inputs, videos, seed, eps, poses)
 
     # Fig. 3: both photos' maps on the same noisy latents of the source's video, at the schedule's middle
     g = torch.Generator().manual_seed(seed)
@@ -154,9 +252,11 @@ def preview(model, src8, guarded8, size, seed, steps, attn_blocks, frames):
     sigma = model.noise_levels(steps)[steps // 2]
     X_t = model.S(X_0, sigma, torch.randn(X_0.shape, generator=g))
     d = model.draw(g, size)
-    maps = temporal_maps(model, inputs, X_t, sigma, d, size, attn_blocks)
+    maps = temporal_maps(model, {name: ((image[None].to(device) + 1) / 2, (rgb8.float() / 255)[None].to(device))
+                                 for name, image, rgb8 in zip(("source", "guarded"), inputs, photos)},
+                         X_t, sigma, d, size, attn_blocks)
     figure = io.BytesIO()
     attention_figure(maps, X_0.shape[-2:]).save(figure, format="PNG")
     fps = getattr(model, "fps", FPS)  # the rate the release writes its videos at, where it has one
     return {".before.gif": video_bytes(to_images(V_src), fps), ".after.gif": video_bytes(to_images(V_adv), fps),
-            ".preview.gif": video_bytes(side_by_side, fps), ".attention.png": figure.getvalue()}
+            ".preview.gif": video_bytes(frames, fps), ".attention.png": figure.getvalue()}

@@ -26,9 +26,10 @@ SHEET_HEIGHT, SHEET_FRAMES, DIFF_GAIN = 128, 8, 10
 
 def protected_line(photo, out, report):
     """attack.py's line for a protected photo: how far the guarded photo is from it (on a screen too, where the
-    photo is larger than one) and, after the video check, how far their videos are."""
-    video = (f"; its video {report['video_psnr_db']:.2f} dB, SSIM {report['video_ssim']:.4f} from the "
-             f"photo's (seed {report['video_seed']})") if "video_seed" in report else ""
+    photo is larger than one) and, after the video check, how far their videos are, and random noise's."""
+    video = (f"; its video {report['video_psnr_db']:.2f} dB from the photo's (SSIM {report['video_ssim']:.4f}), "
+             f"random noise of the same L_inf {report['noise_video_psnr_db']:.2f} dB (seed {report['video_seed']}; "
+             "lower is further)") if "video_seed" in report else ""
     shown = (f" (on a screen, {report['display_size'][1]}x{report['display_size'][0]}: PSNR "
              f"{report['display_psnr_db']:.2f} dB, {report['display_ciede2000_mean']:.2f})"
              if report["display_size"] != report["photo_size"] else "")

@@ -128,55 +128,90 @@ def limb_polygon(start, end):
     return list(zip(x.astype(int).tolist(), y.astype(int).tolist()))
 
 
-def resize_like_opencv(image, height, width):
+def resize_like_opencv(image, height, width, at=(0, 0), size=None):
     """uint8 (h, w, 3) -> (height, width, 3) as OpenCV's bilinear resize, which the release uses: each
     output pixel interpolates the 2x2 input pixels around its centre, with no antialiasing (Pillow's
-    bilinear resize would average every input pixel a shrunk output pixel covers)."""
-    def taps(out_size, in_size):
+    bilinear resize would average every input pixel a shrunk output pixel covers). `image` may be the part at
+    (top, left) = `at` of an input of `size` (h, w) that is black elsewhere: only the output pixels that read the
+    part are computed."""
+    size = size or image.shape[:2]
+
+    def taps(out_size, in_size, start, stop):  # the output pixels that read [start, stop), their taps in it
         at = ((np.arange(out_size) + 0.5) * in_size / out_size - 0.5).clip(0, in_size - 1)
         low = np.floor(at).astype(int)
-        return low, np.minimum(low + 1, in_size - 1), (at - low).astype(np.float32)
-    y0, y1, wy = taps(height, image.shape[0])
-    x0, x1, wx = taps(width, image.shape[1])
+        high = np.minimum(low + 1, in_size - 1)
+        used = np.flatnonzero((high >= start) & (low < stop))
+        inside = lambda i: (i - start).clip(-1, stop - start) + 1  # noqa: E731; a tap outside: the black border
+        return used, inside(low[used]), inside(high[used]), (at - low)[used].astype(np.float32)
+    (top, left), (h, w) = at, image.shape[:2]
+    ys, y0, y1, wy = taps(height, size[0], top, top + h)
+    xs, x0, x1, wx = taps(width, size[1], left, left + w)
+    image = np.pad(image, ((1, 1), (1, 1), (0, 0)))  # (h + 2, w + 2, 3): the black around the part
     rows = image[y0].astype(np.float32) * (1 - wy)[:, None, None] + image[y1] * wy[:, None, None]
-    out = rows[:, x0] * (1 - wx)[:, None] + rows[:, x1] * wx[:, None]
-    return np.rint(out).astype(np.uint8)
+    out = np.zeros((height, width, 3), np.uint8)
+    out[ys[:, None], xs] = np.rint(rows[:, x0] * (1 - wx)[:, None] + rows[:, x1] * wx[:, None])
+    return out
 
 
-def draw_skeleton(keypoints, height, width):
-    """Keypoints (18, 2) in fractions of width and height (a NaN one is not drawn, like an undetected one)
-    -> the body on black as the release draws it, (3, H, W) float32 in [0, 1]."""
-    scale = CANVAS_SIDE / min(height, width)
-    canvas = Image.new("RGB", (int(width * scale), int(height * scale)))
-    draw = ImageDraw.Draw(canvas)
-    points = np.asarray(keypoints, dtype=np.float64) * canvas.size
+def skeleton_shapes(points):
+    """What the release draws for keypoints (18, 2) in canvas pixels (NaN: not seen): [(integer outline, RGB)], the
+    limbs as filled polygons dimmed to LIMB_DIMMING, then the keypoints as discs, each a row of pixels (two ends)."""
     seen = np.isfinite(points).all(axis=1)
-    for i, (a, b) in enumerate(LIMBS):
-        if seen[a] and seen[b]:
-            outline, dimmed = limb_polygon(points[a], points[b]), tuple(int(c * LIMB_DIMMING) for c in colour(i))
-            draw.polygon(outline, fill=dimmed)
-            draw.line(outline, fill=dimmed)  # OpenCV's fill also covers the pixels its outline crosses
+    shapes = [(limb_polygon(points[a], points[b]), tuple(int(c * LIMB_DIMMING) for c in colour(i)))
+              for i, (a, b) in enumerate(LIMBS) if seen[a] and seen[b]]
     for i in np.flatnonzero(seen):
         x, y = (int(v) for v in points[i])
         for dy in range(-JOINT_RADIUS, JOINT_RADIUS + 1):  # the pixels within the radius, row by row
             dx = math.isqrt(JOINT_RADIUS ** 2 - dy ** 2)
-            draw.line(((x - dx, y + dy), (x + dx, y + dy)), fill=colour(i))
-    frame = resize_like_opencv(np.asarray(canvas), height, width)
-    return torch.from_numpy(frame).permute(2, 0, 1).float() / 255  # (3, H, W)
+            shapes.append((((x - dx, y + dy), (x + dx, y + dy)), colour(i)))
+    return shapes
 
 
-def generic_poses(frames, height, width, body=None):
-    """Every generic sequence drawn: name -> (F, 3, H, W) float32 in [0, 1]. With the photo's keypoints `body`
-    (18, 2) in fractions of the frame (NaN: not seen), each is fitted to it (fitted_poses); without, the
+def skeleton_image(keypoints, height, width):
+    """Keypoints (18, 2) in fractions of width and height (a NaN one is not drawn, like an undetected one)
+    -> the body on black as the release draws it, (H, W, 3) uint8: on a canvas whose shorter side is CANVAS_SIDE,
+    resized to the frame. Only the part of the canvas the body covers is drawn and read (the box around every
+    pixel drawn, kept inside the canvas; shapes moved by whole pixels): the rest, most of its tens of megabytes,
+    stays black."""
+    scale = CANVAS_SIDE / min(height, width)
+    canvas_size = (int(width * scale), int(height * scale))  # (W, H)
+    shapes = skeleton_shapes(np.asarray(keypoints, dtype=np.float64) * canvas_size)
+    xy = np.array([p for outline, _ in shapes for p in outline]).reshape(-1, 2)
+    if not len(xy):
+        return np.zeros((height, width, 3), np.uint8)
+    (left, top), (right, bottom) = xy.min(0).clip(0, canvas_size), (xy.max(0) + 1).clip(0, canvas_size)
+    if right <= left or bottom <= top:  # the body is outside the canvas
+        return np.zeros((height, width, 3), np.uint8)
+    part = Image.new("RGB", (int(right - left), int(bottom - top)))
+    draw = ImageDraw.Draw(part)
+    for outline, fill in shapes:
+        outline = [(x - left, y - top) for x, y in outline]
+        if len(outline) > 2:  # a limb
+            draw.polygon(outline, fill=fill)
+        draw.line(outline, fill=fill)  # OpenCV's fill also covers the pixels its outline crosses
+    return resize_like_opencv(np.asarray(part), height, width, (top, left), canvas_size[::-1])
+
+
+def draw_skeleton(keypoints, height, width):
+    """skeleton_image as (3, H, W) float32 in [0, 1], what the pose encoder takes."""
+    return torch.from_numpy(skeleton_image(keypoints, height, width)).permute(2, 0, 1).float() / 255  # (3, H, W)
+
+
+def generic_keypoints(frames, height, width, body=None):
+    """Every generic sequence's keypoints: name -> (F, 18, 2) in fractions of the frame. With the photo's keypoints
+    `body` (18, 2) in fractions of the frame (NaN: not seen), each is fitted to it (fitted_poses); without, the
     sequences stay centred and one line on stderr says so."""
     if body is None:
         print("poses: the motions are not fitted to the body (no body keypoints given): centred generic sequences",
               file=sys.stderr)
-        keypoints = {name: sequence(frames) for name, sequence in SEQUENCES.items()}
-    else:
-        keypoints = fitted_poses(frames, body, height, width)
+        return {name: sequence(frames) for name, sequence in SEQUENCES.items()}
+    return fitted_poses(frames, body, height, width)
+
+
+def generic_poses(frames, height, width, body=None):
+    """Every generic sequence drawn (generic_keypoints): name -> (F, 3, H, W) float32 in [0, 1]."""
     return {name: torch.stack([draw_skeleton(p, height, width) for p in sequence])
-            for name, sequence in keypoints.items()}
+            for name, sequence in generic_keypoints(frames, height, width, body).items()}
 
 
 # ---------------------------------------------------------------- the photo's body

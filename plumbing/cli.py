@@ -380,7 +380,7 @@ def default_low_memory(device, model=None):
 def choose_threads(requested=None):
     """The CPU threads of this run: --threads, else OMP_NUM_THREADS, else one per core that is free now (the
     cores this process may use less the load average, at least one). On a quiet 2-core machine two threads
-    were fastest (the toy's first-screen command: 17 s against 25 s with one); beside other work, threads
+    were fastest (the toy on examples/astronaut.png: 17 s against 25 s with one); beside other work, threads
     that wait for each other were many times slower than one (docs/speed-and-memory.md). Returns the count."""
     if requested:
         torch.set_num_threads(requested)

@@ -39,6 +39,14 @@ def seed_list(text):
     return list(dict.fromkeys(seeds))
 
 
+# Each model's own defaults, said once for every command's -h (plumbing/cli.py model_size, each pipeline's frames)
+SIZE_DEFAULTS = ("SVD 576x1024, ControlNeXt 1024x576, CogVideoX 480x720, Wan the photo's own shape at about "
+                 "704x1280's area, toy 64x64, tiny and tiny-controlnext 128x128, tiny-cogvideox 32x32")
+HEIGHT_HELP = f"the model's frame height, a multiple of 8 (default: the model's own: {SIZE_DEFAULTS})"
+WIDTH_HELP = "the model's frame width, a multiple of 8 (default: the model's own, as for --height)"
+FRAMES_DEFAULTS = ("SVD img2vid 14, -xt 25, ControlNeXt 24 (one sampling window), CogVideoX 49, Wan 121, toy 8, "
+                   "tiny 6")
+
 # How the budget is spent: the paper's (eps at every pixel, each colour channel on its own) and the default,
 # chosen by the curve of docs/imperceptibility.md. protect()'s defaults are DEFAULT_BUDGET's (tested).
 PAPER_BUDGET = {"budget": "flat", "chroma": 1.0, "fidelity": 0.0}
@@ -78,8 +86,20 @@ def resolve_budget(parser, args):
     return args
 
 
+# attack.py -h, after its flags: how to read its progress, and what each model does with a photo of another shape
+ATTACK_EPILOG = """Reading the progress bar (docs/method.md): enc and con are L_enc and L_con against their values at step 1, dA is
+the attention distance ||A_adv - A_src||^2. Each step draws its own noise level, and L_con spans a factor of hundreds
+across them, so con jumps from step to step (0.8x, then 1.2x): a rise is the level drawn, not the attack failing.
+Whether the photo is protected is the video check's line at the end: the guarded photo's video against that of
+random noise of the same L_inf.
+
+Each model's own size, frames, --eps and --sample-steps are listed with their flags above. A photo whose shape
+is not the model's: SVD and CogVideoX squeeze it to the model's size, as their reference pipelines do; ControlNeXt
+and Wan resize it to cover the frame and crop the centre, as their releases do."""
+
+
 def attack_flags(description):
-    p = Parser(description=description)
+    p = Parser(description=description, epilog=ATTACK_EPILOG)
     p.add_argument("--image", type=path, nargs="+", required=True, help="photo files and/or folders of photos")
     p.add_argument("--out", type=path,
                    help="output PNG (one photo) or folder (several photos, a folder, or a path ending "
@@ -91,9 +111,11 @@ def attack_flags(description):
     p.add_argument("--no-spatial", action="store_true", help="ablation: drop L_enc")
     p.add_argument("--no-temporal", action="store_true", help="ablation: drop L_att")
     p.add_argument("--no-diffusion", action="store_true", help="ablation: drop L_con")
-    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
+    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations (in every command; the sampler's "
+                   "denoising steps are --sample-steps)")
     p.add_argument("--eps", type=number, help="L_inf budget in [0,1] pixel units (default: 8/255; 16/255 for "
-                   "CogVideoX, which the paper says needs stronger noise than SVD)")
+                   "CogVideoX and Wan, the text-conditioned models: the paper says CogVideoX needs stronger noise than "
+                   "SVD)")
     p.add_argument("--step-size", type=number, default="1/255", help="lambda, the step size of each update")
     p.add_argument("--update", choices=["sign", "gradient"], default="sign",
                    help="sign: PGD, I -= lambda sign(grad); gradient: Algorithm 1 as written, I -= lambda grad")
@@ -138,14 +160,13 @@ def attack_flags(description):
     p.add_argument("--attn-blocks", type=lambda s: tuple(s.split(",")), default=None,
                    help="comma-separated names of the denoiser's blocks whose temporal attention maps are "
                         "attacked (default: the model's own choice, see docs/method.md, Attention maps)")
-    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="video frames (default: the model's num_frames)")
-    p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="the adversary's model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
-    p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="the adversary's model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES),
+                   help=f"video frames (default: the model's own: {FRAMES_DEFAULTS})")
+    p.add_argument("--height", type=integer(8, MAX_SIDE), help=HEIGHT_HELP)
+    p.add_argument("--width", type=integer(8, MAX_SIDE), help=WIDTH_HELP)
     p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS),
                    help="denoising steps of the adversary's sampler: V_0, the attacked noise levels and the preview "
-                        "videos (default: 25; 50 for CogVideoX, as the release samples)")
+                        "videos (default: 25; 50 for CogVideoX and Wan, as their releases sample)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                    help="seed of the random start, noise draws and videos")
     p.add_argument("--model", type=path, default=DEFAULT_MODEL, help=MODEL_HELP)
@@ -160,11 +181,14 @@ def attack_flags(description):
                    help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
                         "(default: on for GPUs under 40 GiB, and for Wan on every GPU)")
     p.add_argument("--video-check", action=argparse.BooleanOptionalAction, default=True,
-                   help="make the videos of the photo and of the guarded photo at a seed the attack did not use "
-                        "(--seed + 1) and report how far apart they are (video_psnr_db, video_ssim): the number that "
-                        "says whether the photo is protected; costs two videos per photo")
-    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF "
-                   "(made at the video check's seed)")
+                   help="make the videos of the photo, of the guarded photo and of the photo with random +-eps noise "
+                        "(--method random-sign's) at a seed the attack did not use (--seed + 1) and report how far "
+                        "each is from the photo's (video_psnr_db, video_ssim; noise_video_psnr_db, noise_video_ssim): "
+                        "the guarded one far below the noise's says the photo is protected; costs three videos per "
+                        "photo")
+    p.add_argument("--preview", action="store_true", help="also write before/after videos and a side-by-side GIF of "
+                   "the clean, guarded and noise photos' videos with their per-frame distance (made at the video "
+                   "check's seed)")
     p.add_argument("--shard", type=parse_shard, metavar="K/N",
                    help="protect only the K-th of N shares of the photos (a Slurm array task); under torchrun "
                         "each worker takes its part of that share")
@@ -226,8 +250,8 @@ def sample_flags(description):
     p.add_argument("--model", type=path, default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--variant", type=variant, default="fp16", help="weight files: fp16 for *.fp16.safetensors "
                    "(as the official repos ship), none for *.safetensors")
-    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's num_frames; "
-                   "with --pose, one per pose frame)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames to generate (default: the model's own: "
+                   f"{FRAMES_DEFAULTS}; with --pose, one per pose frame)")
     p.add_argument("--pose", type=path, metavar="POSES",
                    help="ControlNeXt (--model controlnext): the pose sequence to follow, a "
                    "folder of pose frames (sorted by name) or an animated GIF/WebP, frame 0 the photo's own pose; "
@@ -237,8 +261,9 @@ def sample_flags(description):
                    "[x, y] in the photo's pixels (null: not seen); the generic motion is fitted to them and starts "
                    "from the photo's pose, as the release fits its driving poses")
     p.add_argument("--sample-steps", "--steps", dest="steps", type=integer(1, MAX_SAMPLE_STEPS),
-                   help="denoising steps of the sampler (default: 25; 50 for CogVideoX); --steps is an alias, "
-                        "kept for older command lines")
+                   help="denoising steps of the sampler (default: 25; 50 for CogVideoX and Wan); --steps is a "
+                        "deprecated alias, kept for older command lines: in attack.py and evaluate.py --steps is "
+                        "attack iterations")
     p.add_argument("--prompt", help="text-conditioned models: the text prompt. CogVideoX's default: none, the paper's "
                    "image-only setting; Wan's: the release's example prompt, as its generate.py uses it")
     p.add_argument("--negative-prompt", help="Wan: the negative prompt, guided away from at scale 5 (default: the "
@@ -254,10 +279,8 @@ def sample_flags(description):
     p.add_argument("--min-guidance", type=number, default=1.0, help="guidance scale of the first frame")
     p.add_argument("--max-guidance", type=number, default=3.0,
                    help="guidance scale of the last frame; 1 or less turns guidance off")
-    p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
-    p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
+    p.add_argument("--height", type=integer(8, MAX_SIDE), help=HEIGHT_HELP)
+    p.add_argument("--width", type=integer(8, MAX_SIDE), help=WIDTH_HELP)
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="guidance branches one at a time, decoding 2 frames at a time "
                         "(default: on for GPUs under 40 GiB)")
@@ -302,7 +325,7 @@ def evaluate_flags(description, methods, default_methods):
                    help="hub repo or local folder with DINO ViT-B/16 model.safetensors")
     p.add_argument("--aesthetic", type=path, default=AESTHETIC_SOURCE,
                    help="hub repo or local folder with the LAION aesthetic predictor v1 (ViT-L/14) model.safetensors")
-    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations")
+    p.add_argument("--steps", type=integer(1), default=50, help="attack iterations, as in attack.py")
     p.add_argument("--eps", type=number, default="8/255", help="L_inf budget in [0,1] pixel units")
     budget_flags(p)
     p.add_argument("--frames", type=integer(3, MAX_FRAMES),
@@ -310,9 +333,9 @@ def evaluate_flags(description, methods, default_methods):
     p.add_argument("--sample-steps", type=integer(1, MAX_SAMPLE_STEPS), default=25,
                    help="denoising steps of every video")
     p.add_argument("--height", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 576; 64 for toy, 128 for tiny)")
+                   help="model resolution, a multiple of 8 (default: SVD's 576, the toy's 64, tiny's 128)")
     p.add_argument("--width", type=integer(8, MAX_SIDE),
-                   help="model resolution, a multiple of 8 (default: 1024; 64 for toy, 128 for tiny)")
+                   help="model resolution, a multiple of 8 (default: SVD's 1024, the toy's 64, tiny's 128)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the attacks")
     p.add_argument("--video-seeds", type=seed_list, metavar="LIST",
                    help="comma-separated seeds of the videos that judge the protection, none of them --seed "

@@ -298,10 +298,14 @@ def test_command_line_end_to_end(tmp_path):
 def test_preview_writes_before_after_and_side_by_side(photo, tmp_path):
     out = tmp_path / "p.guarded.png"
     assert run(["--image", str(photo), "--out", str(out), "--preview", *TINY]) == 0
-    # the preview: source, guarded and their amplified difference across; photos above, videos below; its 64-pixel
-    # panels enlarged twice over, so that their labels ("its video (seed 1)") fit
-    for suffix, size in ((".before.gif", (64, 64)), (".after.gif", (64, 64)), (".preview.gif", (3 * 128, 2 * 128))):
+    # the preview: clean, guarded and random-noise columns; photos, videos, then the per-frame distance and the
+    # differences at one gain; its 64-pixel panels enlarged to figures.PANEL, three lines of text below
+    side = figures.PANEL
+    for suffix, size in ((".before.gif", (64, 64)), (".after.gif", (64, 64)),
+                         (".preview.gif", (3 * side, 3 * side + figures.FOOTER))):
         with Image.open(out.with_suffix(suffix)) as gif:
             assert gif.size == size and gif.n_frames == 3
+    report = json.loads(out.with_suffix(".json").read_text())  # the baseline's distance beside the guarded one's
+    assert report["noise_video_psnr_db"] > 0 and 0 < report["noise_video_ssim"] <= 1 and report["video_seed"] == 1
     with Image.open(out.with_suffix(".attention.png")) as figure:  # a row per attacked block: Fig. 3
         assert figure.width >= 3 * 3 * figures.CELL and figure.height >= 2 * (3 * figures.CELL)

@@ -16,6 +16,7 @@ from oracles import max_abs_diff
 from safetensors.torch import load_file, save_file
 
 import sample
+from judging import figures
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, karras_sigmas
 from pipelines import svd as svd_pipeline
@@ -211,8 +212,8 @@ def test_commands_follow_a_pose_file_and_refuse_poses_for_svd(tmp_path, capsys):
                  str(tmp_path / "poses.gif"), "--frames", "4", "--steps", "2", "--sample-steps", "2", "--preview"]
                 + small)
     report = json.loads((tmp_path / "g.json").read_text())
-    with Image.open(tmp_path / "g.preview.gif") as preview:  # photos, videos, difference, and the poses followed
-        assert preview.n_frames == 4 and preview.size == (4 * 128, 2 * 128)  # panels enlarged 2x
+    with Image.open(tmp_path / "g.preview.gif") as preview:  # clean, guarded, noise, and the poses followed
+        assert preview.n_frames == 4 and preview.size == (4 * figures.PANEL, 3 * figures.PANEL + figures.FOOTER)
     assert report["settings"]["pose"] == str(tmp_path / "poses.gif") and report["untrained_model"]
     capsys.readouterr()
     for main, args in ((attack.main, ["--out", str(tmp_path / "h.png")]),

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipelines import poses
 
@@ -43,6 +43,26 @@ def test_limb_has_its_documented_colour_and_background_is_black():
         assert (np.abs(near(middle) - colour).max(axis=1) <= 1).any(), limb
     assert (np.abs(near(keypoints[0]) - (0, 0, 255)).max(axis=1) <= 1).any()  # the nose: [255, 0, 0], full
     assert pixels[:100].max() == 0 and pixels[:, :100].max() == 0 and pixels[-50:].max() == 0  # far away
+
+
+def test_drawing_only_where_the_body_lies_is_drawing_the_whole_canvas():
+    """skeleton_image draws and resizes only the part of the release's 2160-pixel canvas the body covers: the same
+    pixels as the whole canvas drawn and resized, for bodies partly outside the frame and keypoints not seen."""
+    rng = np.random.default_rng(0)
+    for height, width in ((64, 36), (40, 72)):
+        scale = poses.CANVAS_SIDE / min(height, width)
+        size = (int(width * scale), int(height * scale))
+        for _ in range(3):
+            keypoints = rng.uniform(-0.3, 1.3, (18, 2))
+            keypoints[rng.random(18) < 0.2] = np.nan
+            canvas = Image.new("RGB", size)
+            draw = ImageDraw.Draw(canvas)
+            for outline, fill in poses.skeleton_shapes(keypoints * size):
+                if len(outline) > 2:
+                    draw.polygon(outline, fill=fill)
+                draw.line(outline, fill=fill)
+            whole = poses.resize_like_opencv(np.asarray(canvas), height, width)
+            np.testing.assert_array_equal(poses.skeleton_image(keypoints, height, width), whole)
 
 
 def test_undetected_keypoints_are_not_drawn():

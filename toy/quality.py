@@ -1,7 +1,7 @@
 """How good the toy SVD is: its videos against the truth on held-out generated clips, and on the held-out
 photos in examples/.
 
-    python -m toy.quality                       # prints Markdown tables; about 2 minutes on 2 CPU cores
+    python -m toy.quality                       # prints Markdown tables; about 2 minutes on 2 quiet CPU cores
     python -m toy.quality --gif toy/samples.gif # also a GIF of the toy's videos of four example photos
 
 Held-out clips come from toy/data.py with seeds the training never drew (its generator starts at
@@ -12,13 +12,16 @@ motion at all) and the same networks untrained (random weights, the trained VAE'
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from model import VAE, CLIPImageEncoder, UNet
 from pipelines.svd import generate
+from plumbing.cli import choose_threads, integer
 from plumbing.files import list_photos
 from plumbing.photos import model_input, read_photo, to_images, video_bytes
 from toy.data import ClipMaker, load_photos, motion_bucket
@@ -47,7 +50,7 @@ def untrained_like(svd, seed=0):
 def clip_scores(models, clips, steps):
     """Per model, mean PSNR of frame 0 and of frames 1.. to the true clips; and the repeat-first-frame baseline."""
     rows = {name: {"frame0": [], "later": []} for name in models} | {"repeat first frame": {"frame0": [], "later": []}}
-    for k, (frames, first, motion) in enumerate(clips):
+    for k, (frames, first, motion) in enumerate(tqdm(clips, desc="held-out clips (toy and untrained)", unit="clip")):
         videos = {name: generate(svd, frames[0], clip_image=first, steps=steps, seed=k,
                                  motion_bucket_id=int(motion_bucket(torch.tensor(motion))))
                   for name, svd in models.items()}
@@ -71,7 +74,7 @@ def autoencoder_scores(vae, paths, size):
 def photo_scores(svd, paths, steps, size):
     """Per example photo: PSNR of frame 0 to the photo, PSNR between neighbouring frames, mean frame change."""
     scores, videos = {}, {}
-    for k, path in enumerate(paths):
+    for k, path in enumerate(tqdm(paths, desc="held-out photos", unit="photo")):
         rgb8, _, _ = read_photo(path)
         image = model_input(rgb8, size)
         video = generate(svd, image, steps=steps, seed=k, clip_image=rgb8.float() / 127.5 - 1)
@@ -83,15 +86,26 @@ def photo_scores(svd, paths, steps, size):
     return scores, videos
 
 
-def main(argv=None):
+def flags():
+    """The command's flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=24, help="held-out generated clips")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--sample-steps", "--steps", dest="steps", type=int, default=25,
+                   help="denoising steps of every video (--steps: a deprecated alias; in the commands --steps is "
+                        "attack iterations)")
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--gif", help="also write a GIF of the toy's videos of four example photos")
     p.add_argument("--weights", default=str(TOY_MODEL),
                    help="the trained toy's folder (default: the shipped toy/weights)")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=integer(1, 1024), help="CPU threads (default: OMP_NUM_THREADS, else one per "
+                   "core not busy with other work, as the commands choose)")
+    return p
+
+
+def main(argv=None):
+    args = flags().parse_args(argv)
+    print(f"toy.quality: {choose_threads(args.threads)} thread(s); {args.clips} clips and the example photos, "
+          f"{args.steps} sampling steps each", file=sys.stderr)
 
     toy = load_svd(args.weights, variant="fp16")
     size = toy.vae.config.sample_size

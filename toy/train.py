@@ -205,7 +205,8 @@ def save_component(folder, network, class_name, stem, extra=None):
     save_file(state, str(folder / f"{stem}.fp16.safetensors"))
 
 
-def main(argv=None):
+def flags():
+    """The command's flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (official layout)")
     p.add_argument("--still-steps", type=int, default=2500, help="autoencoder steps on stills")
@@ -218,7 +219,11 @@ def main(argv=None):
     p.add_argument("--unet-batch", type=int, default=4, help="clips per UNet step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = flags().parse_args(argv)
     out, device = Path(args.out), torch.device(args.device)
     if out.exists() and any(out.iterdir()):
         p.error(f"{out} is not empty")
