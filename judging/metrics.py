@@ -9,8 +9,12 @@ import torch.nn.functional as F
 
 
 def psnr(a, b):
-    """Peak signal-to-noise ratio in dB for data range 1 (inf for identical images)."""
-    mse = (a.double() - b.double()).pow(2).mean().item()
+    """Peak signal-to-noise ratio in dB for data range 1 (inf for identical images); uint8 images are levels / 255,
+    their squared differences summed exactly as integers."""
+    if a.dtype == b.dtype == torch.uint8:
+        mse = (a.int() - b.int()).pow(2).sum(dtype=torch.int64).item() / a.numel() / 255**2
+    else:
+        mse = (a.double() - b.double()).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
@@ -21,21 +25,30 @@ def gaussian_window(sigma=1.5, truncate=3.5):
     return g / g.sum()
 
 
-def ssim(a, b, sigma=1.5):
+def ssim(a, b, sigma=1.5, rows=256):
     """Mean structural similarity, data range 1: 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
     population covariances, averaged over the pixels whose window lies inside the image and over channels.
-    Images must be at least 11 pixels on each side."""
+    Images must be at least 11 pixels on each side; uint8 images are levels / 255. Computed `rows` rows of windows
+    at a time (each strip with the 10 rows its windows reach below), so a photo of many megapixels needs little
+    memory."""
     g = gaussian_window(sigma)
+    reach = 2 * (len(g) // 2)  # the rows and columns a window adds to its centre's: 10
 
-    def blur(x):  # separable Gaussian, 'valid' region only: (C,1,H,W) -> (C,1,H-10,W-10)
+    def blur(x):  # separable Gaussian, 'valid' region only: (C,1,h,W) -> (C,1,h-10,W-10)
         return F.conv2d(F.conv2d(x, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
 
-    x, y = a.double().unsqueeze(1), b.double().unsqueeze(1)  # (C, 1, H, W)
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.mean().item()
+    def level(x):  # (C, h, W) -> (C, 1, h, W) float64 in [0, 1]
+        return (x.double() / 255 if x.dtype == torch.uint8 else x.double()).unsqueeze(1)
+
+    total, count = 0.0, 0
+    for top in range(0, a.shape[-2] - reach, rows):
+        x, y = level(a[..., top:top + rows + reach, :]), level(b[..., top:top + rows + reach, :])
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        total, count = total + s.sum().item(), count + s.numel()
+    return total / count
 
 
 def held_out_seeds(seed, count=3):

@@ -85,15 +85,15 @@ def display_view(image8, side=DISPLAY_SIDE):
 
 
 def owner_view(src8, guarded8):
-    """How far a guarded photo is from the photo (both uint8 (3,H,W)), at its own size and as a screen shows it."""
-    a, b = src8.double() / 255, guarded8.double() / 255
+    """How far a guarded photo is from the photo (both uint8 (3,H,W)), at its own size and as a screen shows it; on
+    the 8-bit levels and by strips of rows, so that a photo of many megapixels needs little memory."""
     mean, p95 = colour_difference(src8, guarded8)
     shown_a, shown_b = display_view(src8), display_view(guarded8)
     if shown_a is src8:  # no larger than a screen: shown as it is
-        shown_psnr, (shown_mean, shown_p95) = psnr(a, b), (mean, p95)
+        shown_psnr, (shown_mean, shown_p95) = psnr(src8, guarded8), (mean, p95)
     else:
-        shown_psnr, (shown_mean, shown_p95) = psnr(shown_a / 255, shown_b / 255), colour_difference(shown_a, shown_b)
-    return {"psnr_db": psnr(a, b), "ssim": ssim(a, b), "ciede2000_mean": mean, "ciede2000_p95": p95,
+        shown_psnr, (shown_mean, shown_p95) = psnr(shown_a, shown_b), colour_difference(shown_a, shown_b)
+    return {"psnr_db": psnr(src8, guarded8), "ssim": ssim(src8, guarded8), "ciede2000_mean": mean, "ciede2000_p95": p95,
             "photo_size": list(src8.shape[-2:]), "display_size": list(shown_a.shape[-2:]),
             "display_psnr_db": shown_psnr, "display_ciede2000_mean": shown_mean, "display_ciede2000_p95": shown_p95}
 

@@ -29,3 +29,13 @@ def test_identical_images():
     a = torch.rand(3, 20, 20)
     assert psnr(a, a) == float("inf")
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_and_psnr_of_8_bit_photos_by_strips():
+    """On uint8 photos, by strips of rows (for photos of many megapixels): the numbers of the float photos at once."""
+    g = torch.Generator().manual_seed(8)
+    a8 = torch.randint(0, 256, (3, 45, 31), generator=g, dtype=torch.uint8)
+    b8 = (a8.int() + torch.randint(-9, 10, a8.shape, generator=g)).clamp(0, 255).byte()
+    a, b = a8.double() / 255, b8.double() / 255
+    assert ssim(a8, b8, rows=7) == pytest.approx(ssim(a, b, rows=10**6), abs=1e-14)
+    assert psnr(a8, b8) == pytest.approx(psnr(a, b), abs=1e-9)
