@@ -9,19 +9,10 @@ from PIL import Image
 
 import attack
 import sample
+from test_hardening import run  # a command's main in-process -> (exit status, stderr)
 
 pytestmark = pytest.mark.filterwarnings("ignore:tiny_wan:UserWarning")
 FAST = ["--model", "tiny-wan", "--frames", "5", "--sample-steps", "2"]
-
-
-def run(main, args, capsys):
-    """A command's main in-process -> (exit status, stderr)."""
-    try:
-        main([str(a) for a in args])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    return status, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
