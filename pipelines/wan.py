@@ -7,7 +7,7 @@ photo and a prompt -> 4k + 1 frames (121 at 24 fps by default, the frame of the 
         text, negative = (prompt_embeddings(model.text_encoder, *prompt_ids(tokenizer, p))
                           for p in ("A woman smiles.", RELEASE_NEGATIVE_PROMPT))
     model.text_encoder = None                                          # 11.4 GB freed: umT5 is needed once per prompt
-    size = frame_size(photo.shape[-2:])                                # the release's best_output_size
+    size = frame_size(photo.shape[-2:], model)                         # the release's best_output_size
     frames = generate_wan(model, release_input(photo, size), prompt_embeds=text, negative_embeds=negative, seed=0)
 
 The release is in the diffusers layout; every key and shape is checked, any problem is a one-line WeightsError:
@@ -60,7 +60,6 @@ from weights import WeightsError, fetch, load_checked, read_config, shard_files
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 TINY = "tiny-wan"  # the --model name of tiny_wan's random networks
 TEXT_LENGTH = 512  # the pipeline pads (and truncates) every prompt to this many umT5 tokens
-EOS, PAD = 1, 0  # umT5's </s> and <pad> token ids
 # what the samplers take from the config, and the sigma grid (the release's own sampler's; "diffusers" as the reference)
 RELEASE_SCHEDULE = {"num_train_timesteps": 1000, "flow_shift": 5.0, "grid": "release"}
 FRAMES, FPS = 121, 24  # the release's video: wan/configs/wan_ti2v_5B.py frame_num and sample_fps
