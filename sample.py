@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from PIL import features
 
-from pipelines import cogvideox, controlnext, wan
+from pipelines import cogvideox, controlnext, wan, wan_photo
 from pipelines import poses as pose_sequences
 from pipelines.prompts import RELEASE_EXAMPLE_PROMPT, RELEASE_NEGATIVE_PROMPT
 from pipelines.svd import generate, load_model
@@ -199,7 +199,7 @@ def sample_with_wan(args, device, dtype, out):
     size = (args.height, args.width) if args.height else wan.frame_size(rgb8.shape[-2:], model)
     frame_files = frame_paths(args.frames_dir, num_frames) if args.frames_dir else []
     refuse_clashes([(Path(args.image), path) for path in [out, *frame_files]], inputs_of(args))
-    frames = wan.generate_wan(model, wan.release_input(rgb8, size), prompt_embeds=text, negative_embeds=negative,
+    frames = wan.generate_wan(model, wan_photo.release_input(rgb8, size), prompt_embeds=text, negative_embeds=negative,
                               steps=args.steps, num_frames=num_frames, seed=args.seed, progress=True)
     write_video(frames, args, out, frame_files)
 

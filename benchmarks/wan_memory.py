@@ -28,7 +28,8 @@ import cogvideox_memory  # noqa: E402
 from cogvideox_memory import GiB, PARTS, LiveBytes, SavedBytes, nbytes, storage_key  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.wan import UMT5Encoder, WanTransformer, WanVAE, WanVAEConfig  # noqa: E402
-from pipelines.wan import AREA, FRAMES, Wan, WanPipeline, tiny_tokenizer  # noqa: E402
+from pipelines.wan import FRAMES, Wan, WanPipeline, tiny_tokenizer  # noqa: E402
+from pipelines.wan_photo import AREA  # noqa: E402
 
 MODES = {"none": (False, False), "blocks": (True, False), "VAE": (False, True), "blocks + VAE": (True, True)}
 

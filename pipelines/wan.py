@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
-from PIL import Image
 from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
@@ -51,10 +50,9 @@ from model.wan import UMT5Config, UMT5Encoder, WanTransformer, WanTransformerCon
 from model.wan.transformer import FLOAT32_PARTS
 from model.wan.scheduler import flow_sigmas, noised, predicted_x0, sample_euler, sample_unipc
 from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT, clean_prompt
-from pipelines.resize import bicubic_rows, separable
 from pipelines.svd import box_in_photo, seeded_generator
+from pipelines.wan_photo import AREA, TINY_AREA, best_output_size, crop_box, release_crop, release_input
 from pipelines.tokenizer import CONTROL, NORMAL, UNKNOWN, T5Tokenizer, model_proto
-from plumbing.photos import to_model_image
 from weights import WeightsError, fetch, load_checked, read_config, shard_files
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
@@ -63,7 +61,6 @@ TEXT_LENGTH = 512  # the pipeline pads (and truncates) every prompt to this many
 # what the samplers take from the config, and the sigma grid (the release's own sampler's; "diffusers" as the reference)
 RELEASE_SCHEDULE = {"num_train_timesteps": 1000, "flow_shift": 5.0, "grid": "release"}
 FRAMES, FPS = 121, 24  # the release's video: wan/configs/wan_ti2v_5B.py frame_num and sample_fps
-AREA = 704 * 1280  # the release's max_area: the frame's pixels, whatever the photo's shape
 # scheduler_config.json values the UniPC sampler is written for; any other is refused instead of sampled wrongly
 SCHEDULE_FIXED = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "solver_order": 2,
                   "solver_type": "bh2", "predict_x0": True, "lower_order_final": True, "final_sigmas_type": "zero",
@@ -165,7 +162,6 @@ TINY_VAE = WanVAEConfig(base_dim=8, decoder_base_dim=12, dim_mult=(1, 2, 2, 2), 
                         latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.5, 2.0, 1.0))
 TINY_UMT5 = UMT5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=37, num_layers=2, num_heads=2)
 TINY_FRAMES = 17
-TINY_AREA = 96 * 128  # the tiny networks' frame area (best_output_size): a 3:4 photo makes a 96x128 portrait video
 
 
 def tiny_wan(seed=0, dtype=torch.float32, device="cpu"):
@@ -240,59 +236,14 @@ def prompt_embeddings(text_encoder, token_ids, mask):
     return out.masked_fill(~mask.bool()[..., None], 0)
 
 
-# ---------------------------------------------------------------- the photo, as the release prepares it
-def best_output_size(w, h, dw, dh, expected_area):
-    """(width, height) of the release's frame for a w x h photo (wan/utils/utils.py best_output_size): multiples of
-    dw and dh of area at most expected_area whose aspect is closest to the photo's, trying the width rounded down
-    first, then the height."""
-    ratio = w / h
-    ow = (expected_area * ratio) ** 0.5
-    oh = expected_area / ow
-    ow1 = int(ow // dw * dw)  # the width first
-    oh1 = int(expected_area / ow1 // dh * dh)
-    oh2 = int(oh // dh * dh)  # the height first
-    ow2 = int(expected_area / oh2 // dw * dw)
-    if max(ratio / (ow1 / oh1), ow1 / oh1 / ratio) < max(ratio / (ow2 / oh2), ow2 / oh2 / ratio):
-        return ow1, oh1
-    return ow2, oh2
-
-
+# ---------------------------------------------------------------- the photo's frame
 def frame_size(photo_size, networks):
-    """(H, W): the release's frame for a photo of photo_size = (H0, W0): best_output_size at its area (704x1280; 96x128
-    for the tiny networks) in multiples of a token's pixels (32)."""
+    """(H, W): the release's frame for a photo of photo_size = (H0, W0) (wan_photo.best_output_size): at its area
+    (704x1280; 96x128 for the tiny networks) in multiples of a token's pixels (32)."""
     tile = networks.vae.config.scale_factor_spatial * networks.transformer.config.patch_size[1]
     width, height = best_output_size(photo_size[1], photo_size[0], tile, tile,
                                      TINY_AREA if networks.untrained else AREA)
     return height, width
-
-
-def crop_box(h0, w0, size):
-    """(resized height, resized width, top, left): the release resizes an h0 x w0 photo with its aspect kept to cover
-    size = (H, W) (each side times max(W / w0, H / h0), rounded) and crops the centre (offsets rounded down)."""
-    scale = max(size[1] / w0, size[0] / h0)
-    height, width = round(h0 * scale), round(w0 * scale)
-    return height, width, (height - size[0]) // 2, (width - size[1]) // 2
-
-
-def release_input(rgb8, size):
-    """(3,H0,W0) uint8 -> (3,H,W) in [-1,1]: the photo resized with Lanczos on 8-bit levels and centre-cropped
-    (crop_box), as the release prepares it."""
-    height, width, top, left = crop_box(*rgb8.shape[-2:], size)
-    im = Image.fromarray(rgb8.permute(1, 2, 0).numpy())
-    if im.size != (width, height):
-        im = im.resize((width, height), Image.Resampling.LANCZOS)
-    return to_model_image(im.crop((left, top, left + size[1], top + size[0])))
-
-
-def release_crop(I, size):
-    """Photo (N,3,H0,W0) in [0,1] -> (N,3,H,W) in [-1,1], resized and cropped as release_input, differentiably: bicubic
-    with antialiasing stands in for Lanczos (as pipelines/svd.py's to_model_input)."""
-    height, width, top, left = crop_box(*I.shape[-2:], size)
-    if (height, width) == tuple(I.shape[-2:]):
-        return I[..., top:top + size[0], left:left + size[1]] * 2 - 1
-    # the kept rows and columns of the resize (pipelines/resize.py): what is cropped away is never computed
-    rows, columns = bicubic_rows(I.shape[-2], height, top, size[0]), bicubic_rows(I.shape[-1], width, left, size[1])
-    return separable(I, rows, columns) * 2 - 1
 
 
 # ---------------------------------------------------------------- sampling

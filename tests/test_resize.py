@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from pipelines.resize import bicubic_matrix, separable
 from pipelines.svd import to_model_input
-from pipelines.wan import crop_box, release_crop
+from pipelines.wan_photo import crop_box, release_crop
 
 
 @pytest.mark.parametrize("photo, size", [((300, 400), (64, 64)), ((40, 30), (64, 48)), ((11, 900), (32, 96)),

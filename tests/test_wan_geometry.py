@@ -13,7 +13,8 @@ from PIL import Image
 from attack import protect
 from pipelines.controlnext import ControlNeXtPipeline, tiny_controlnext
 from pipelines.poses import generic_poses
-from pipelines.wan import AREA, WanPipeline, best_output_size, release_crop, release_input, tiny_wan
+from pipelines.wan import WanPipeline, tiny_wan
+from pipelines.wan_photo import AREA, best_output_size, release_crop, release_input
 
 pytestmark = pytest.mark.filterwarnings("ignore:tiny_:UserWarning")
 
