@@ -101,9 +101,11 @@ def transposed(matrix):
 
 
 def banded(matrix, x):
-    """matrix (m, n) @ x (..., n, k) -> (..., m, k), each block of the matrix's rows (bands) multiplied with the
-    rows of x it reads only: contiguous slices of x."""
-    return torch.cat([matrix[rows, a:b] @ x[..., a:b, :] for rows, a, b in bands(matrix)], dim=-2)
+    """matrix (m, n) (float64, on the CPU, where its bands are found) @ x (..., n, k) -> (..., m, k) in x's dtype on
+    its device, each block of the matrix's rows (bands) multiplied with the rows of x it reads only: contiguous
+    slices of x."""
+    on_x = cast(matrix, x.dtype, x.device)
+    return torch.cat([on_x[rows, a:b] @ x[..., a:b, :] for rows, a, b in bands(matrix)], dim=-2)
 
 
 class BandedProduct(torch.autograd.Function):
@@ -120,8 +122,8 @@ class BandedProduct(torch.autograd.Function):
 
 
 def left(matrix, x):
-    """matrix (m, n) @ x (..., n, k) in x's dtype on its device."""
-    return BandedProduct.apply(cast(matrix, x.dtype, x.device), x)
+    """matrix (m, n) @ x (..., n, k), differentiable in x."""
+    return BandedProduct.apply(matrix, x)
 
 
 def separable(x, rows, columns):
@@ -131,7 +133,7 @@ def separable(x, rows, columns):
     as the photo is)."""
     x = left(rows, x)  # (N, C, h, W0)
     if columns.shape[0] > columns.shape[1]:
-        return x @ transposed(cast(columns, x.dtype, x.device))  # (N, C, h, w)
+        return x @ cast(transposed(columns), x.dtype, x.device)  # (N, C, h, w)
     return left(columns, x.transpose(-1, -2)).transpose(-1, -2)  # (N, C, h, w)
 
 

@@ -31,3 +31,11 @@ def test_wan_crop_keeps_the_resize_s_rows_and_columns():
     full = F.interpolate(I, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
     expected = full[..., top:top + size[0], left:left + size[1]] * 2 - 1
     assert (release_crop(I, size) - expected).abs().max() < 1e-12
+
+
+def test_the_meta_device_takes_the_products():
+    """The memory benchmarks run the pipelines on the meta device: a band is found on the CPU matrix, not on x's."""
+    I = torch.rand(1, 3, 300, 200, device="meta", requires_grad=True)
+    small = to_model_input(I, (64, 48))
+    grad, = torch.autograd.grad(small.sum(), I)
+    assert small.shape == (1, 3, 64, 48) and grad.shape == I.shape and grad.device.type == "meta"
