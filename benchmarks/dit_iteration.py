@@ -3,8 +3,8 @@ download): CogVideoX-5B-I2V at 480x720x49 or Wan2.2-TI2V-5B at 480x832x49, bfloa
 and peak memory, with and without --low-memory. The prompt is the empty one for CogVideoX; for Wan, one of the
 attack's against the release's negative prompt (G guided: two passes), tokenised by the tiny networks' tokenizer.
 Either is embedded by a one-layer text encoder of the release's width (its embedding has the real shape; its values
-do not matter for time and memory). V_0 is random frames, so no 50-step sampling run is timed. --size tiny runs the same on the tiny
-random networks, on a CPU.
+do not matter for time and memory). V_0 is random frames, so no 50-step sampling run is timed. --size tiny runs the
+same on the tiny random networks, on a CPU.
 
     python benchmarks/dit_iteration.py --model cogvideox --device cuda      # about 11 GB of weights in bf16
     python benchmarks/dit_iteration.py --model wan --device cuda            # about 12 GB

@@ -87,7 +87,8 @@ def resolve_budget(parser, args):
 
 
 # attack.py -h, after its flags: how to read its progress, and what each model does with a photo of another shape
-ATTACK_EPILOG = """Reading the progress bar (docs/method.md): enc and con are L_enc and L_con against their values at step 1, dA is
+ATTACK_EPILOG = """\
+Reading the progress bar (docs/method.md): enc and con are L_enc and L_con against their values at step 1, dA is
 the attention distance ||A_adv - A_src||^2. Each step draws its own noise level, and L_con spans a factor of hundreds
 across them, so con jumps from step to step (0.8x, then 1.2x): a rise is the level drawn, not the attack failing.
 Whether the photo is protected is the video check's line at the end: the guarded photo's video against that of
