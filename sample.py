@@ -75,19 +75,19 @@ def main(argv=None):
     device = parse_device(args.device)
     dtype = getattr(torch, args.dtype or default_dtype(device))
     try:
-        photo = load_image(image)
-        resized = load_image(image, (args.height, args.width) if args.height else None)
+        rgb8 = read_photo(image)[0]  # read once; each model prepares it its own way
     except ValueError as e:
         fail(f"{image}: {e}")
+    resized = model_input(rgb8, (args.height, args.width)) if args.height else None
     if pose_conditioned(args.model):
         args.steps = args.steps or 25
-        return sample_with_poses(args, device, dtype, out)
+        return sample_with_poses(args, device, dtype, rgb8, out)
     if args.pose or args.body:
         flag = "--pose" if args.pose else "--body"
         fail(f"{flag}: {args.model} is not a pose-conditioned model (--model controlnext is)")
     if wan_model(args.model):
         args.steps = args.steps or 50
-        return sample_with_wan(args, device, dtype, out)
+        return sample_with_wan(args, device, dtype, rgb8, out)
     if args.negative_prompt is not None:
         fail(f"--negative-prompt: only for Wan (--model wan), not {args.model}")
     if text_conditioned(args.model):
@@ -107,19 +107,18 @@ def main(argv=None):
     frames = generate(svd, resized, num_frames=num_frames, steps=args.steps, fps=args.fps,
                       motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
                       min_guidance=args.min_guidance, max_guidance=args.max_guidance,
-                      decode_chunk_size=args.decode_chunk, seed=args.seed, progress=True, clip_image=photo,
+                      decode_chunk_size=args.decode_chunk, seed=args.seed, progress=True, clip_image=model_input(rgb8),
                       low_memory=default_low_memory(device) if args.low_memory is None else args.low_memory)
     write_video(frames, args, out, frame_files)
 
 
-def sample_with_poses(args, device, dtype, out):
+def sample_with_poses(args, device, dtype, rgb8, out):
     """ControlNeXt-SVD-v2 (pipelines/controlnext.py), with the release's settings: 25 steps unless --steps, guidance 3,
     windows of 24 frames overlapping by 6, decoding 2 frames at a time, the photo resized and centre-cropped as the
     release prepares it. Without --pose, the generic 'wave' motion, fitted to --body if given. The other SVD flags
     do not apply."""
     if args.pose and args.body:
         fail("--body fits the generic motions to the photo; --pose gives poses of its own: give one of them")
-    rgb8 = read_photo(args.image)[0]
     try:
         body = args.body and pose_sequences.read_body(args.body, rgb8.shape[-2:], (args.height, args.width))
         poses = (pose_sequences.read_poses(args.pose, args.height, args.width, args.frames or MAX_FRAMES) if args.pose
@@ -169,7 +168,7 @@ def sample_with_text(args, device, dtype, resized, out):
     write_video(frames, args, out, frame_files)
 
 
-def sample_with_wan(args, device, dtype, out):
+def sample_with_wan(args, device, dtype, rgb8, out):
     """Wan2.2-TI2V-5B (pipelines/wan.py), as the release runs it: 121 frames unless --frames (4k + 1), written at 24 fps
     unless --fps; the frame of the photo's own shape (best_output_size at 704x1280) unless --height and --width, the
     photo resized and centre-cropped to it; guidance 5 against the release's negative prompt unless
@@ -186,7 +185,6 @@ def sample_with_wan(args, device, dtype, out):
         args.prompt = RELEASE_EXAMPLE_PROMPT
         print(f"Wan: no --prompt, so the release's example prompt: {args.prompt!r}", file=sys.stderr)
     negative = RELEASE_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
-    rgb8 = read_photo(args.image)[0]
     try:
         model = wan.load_by_name(args.model, dtype, device)
         tokenizer = wan.load_tokenizer(model.source)
