@@ -75,16 +75,17 @@ def bands(matrix):
     """[(rows, first input, end input)]: a (m, n) matrix's rows in consecutive blocks, each with the inputs it reads;
     a block grows while what it reads stays within twice the widest row's reach, so that little of each product
     multiplies zeros."""
-    reach = [(int(row.nonzero()[0]), int(row.nonzero()[-1]) + 1) if row.any() else (0, 0) for row in matrix]
-    widest = max(end - first for first, end in reach)
-    blocks, start = [], 0
-    for k in range(1, len(reach) + 1):
-        first = min(f for f, e in reach[start:k + 1]) if k < len(reach) else None
-        end = max(e for f, e in reach[start:k + 1]) if k < len(reach) else None
-        if k == len(reach) or end - first > 2 * widest:
-            a, b = min(f for f, e in reach[start:k]), max(e for f, e in reach[start:k])
-            blocks.append((slice(start, k), a, b))
-            start = k
+    reach = [(int(read[0]), int(read[-1]) + 1) if len(read) else None  # a zero row reads nothing
+             for read in (row.nonzero().flatten() for row in matrix)]
+    widest = max((end - first for first, end in filter(None, reach)), default=0)
+    blocks, start, band = [], 0, None  # band: (first, end) of what the block so far reads
+    for k, row in enumerate(reach):
+        joined = row if band is None else band if row is None else (min(band[0], row[0]), max(band[1], row[1]))
+        if band is not None and joined[1] - joined[0] > 2 * widest:  # the block would read too much: close it
+            blocks.append((slice(start, k), *band))
+            start, joined = k, row
+        band = joined
+    blocks.append((slice(start, len(reach)), *(band or (0, 0))))
     return blocks
 
 

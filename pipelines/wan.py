@@ -377,7 +377,7 @@ class WanPipeline:
         self.unguided = [clean_prompt(text) == clean_prompt(negative_prompt) for text in prompts]
         networks.text_encoder = None
         self.networks, self.guidance, self.averaged_maps = networks, guidance, averaged_maps
-        self.prompts, self.negative_prompt = tuple(prompts), negative_prompt
+        self.prompts = tuple(prompts)
         self.timestep_of = {}  # sigma -> the sampler's integer timestep, for the levels noise_levels gave
 
     # ------------------------------------------------------------ what the attack reads
