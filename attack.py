@@ -34,14 +34,15 @@ from judging.transforms import differentiable, draw_eot, needs_vae
 from judging.visibility import owner_view, perceptual_budget
 from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss, image_loss, mean_sq, shares,
                     total_loss)
-from pipelines import load_pipeline
+from pipelines import loader
 from pipelines.resize import upsampled_onto
 from pipelines.poses import read_body, read_poses
 from plumbing.cli import (MAX_FRAMES, choose_threads, command, default_dtype, json_bytes, loading, parse_device,
                           read_flag, write_files)
 from plumbing.files import (already_protected, attack_inputs, inputs_digest, measured, photo_size, quantise,
                             report_settings)
-from plumbing.flags import attack_args, check_against_model
+from plumbing.flags import attack_args, check_against_model, protect_settings
+from plumbing.memory import chooses_mode, free_memory, memory_mode, rehearsal, rehearse
 from plumbing.photos import png_bytes, read_photo
 from plumbing.shard import each_photo, join
 
@@ -156,10 +157,11 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False
     I_adv = I_adv.detach().requires_grad_()
     for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
         values = objective(I_adv, objective.draw(generator, step))
-        for name in factors.keys() & values.keys():
-            if factors[name]:
-                g, = torch.autograd.grad(values[name], I_adv, retain_graph=True)
-                sums[name] += g.abs().mean().item() / len(steps)
+        names = [name for name in factors if name in values and factors[name]]
+        for name in names:  # the graph is kept until the last term's gradient, then freed before the next draw
+            g, = torch.autograd.grad(values[name], I_adv, retain_graph=name != names[-1])
+            sums[name] += g.abs().mean().item() / len(steps)
+        del values
     weights = {name: factors[name] / sums[name] if sums[name] > 0 else 0.0 for name in factors}
     record = {"sigmas": [objective.sigmas[k] for k in steps], "seed": CALIBRATION_SEED, "mean_abs_grad": sums}
     return weights, record
@@ -289,14 +291,8 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     size = (args.height, args.width) if args.height else model.frame_size(rgb8.shape[-2:])  # Wan: the photo's shape
     device = model.device
     with measured(device) as usage:  # wall time and peak memory
-        I_adv, history = protect(model, (rgb8.float() / 255).to(device), method=args.method, terms=terms,
-                                 mask=None if mask is None else mask.to(device), eps=args.eps, steps=args.steps,
-                                 step_size=args.step_size, update=args.update, fidelity=args.fidelity,
-                                 alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau1=args.tau1, tau2=args.tau2,
-                                 num_frames=args.frames, size=size, attn_blocks=args.attn_blocks,
-                                 sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (),
-                                 recalibrate=args.recalibrate, perturb_at=args.perturb_at, budget=args.budget,
-                                 chroma=args.chroma, progress=True)
+        I_adv, history = protect(model, (rgb8.float() / 255).to(device), mask=None if mask is None else mask.to(device),
+                                 **protect_settings(args, terms, size), progress=True)
         guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     print("measuring what the guard costs the photo (PSNR, SSIM, CIEDE2000, as a screen shows it)", file=sys.stderr)
     a, b = rgb8.float() / 255, guarded8.float() / 255
@@ -329,10 +325,14 @@ def main(argv=None):
     body = read_flag("--body", read_body, args.body, photo_size(photos[0]), size) if args.body else None
     worker, device = join(args.shard, parse_device(args.device), args.join_timeout)
     args.dtype = args.dtype or default_dtype(device)
+
+    pipeline_on = loader(args, poses, body)
+    if chooses_mode(device, args.low_memory):  # the lightest mode the whole run fits in, or a refusal before loading
+        with loading(args.model):
+            peaks, weights, frames = rehearse(pipeline_on, rehearsal(protect, args, terms, photos))
+        args.low_memory = memory_mode(peaks, weights, free_memory(device), args.frames or frames)
     with loading(args.model):  # the one condition read while loading is the prompt's tokens
-        model = load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses, body=body,
-                              prompt=args.prompt, negative_prompt=args.negative_prompt, size=size,
-                              num_frames=args.frames, averaged_maps=args.averaged_maps)
+        model = pipeline_on(device)
     check_against_model(args, model, poses)
     model.low_memory(args.low_memory)
 

@@ -171,6 +171,9 @@ def load_checked(model, paths, dtype=torch.float32, device="cpu", ignored=IGNORE
                         shape = tuple(f.get_slice(k).get_shape())
                         if shape != expected[k]:
                             raise WeightsError(f"{path}: {k} has shape {shape}, {name} expects {expected[k]}")
+                        if torch.device(device).type == "meta":  # shapes only: nothing read (plumbing/memory.py)
+                            state[k] = torch.empty(shape, dtype=dtype, device="meta")
+                            continue
                         tensor = f.get_tensor(k)
                         bar.update(tensor.nbytes)
                         state[k] = tensor.to(device=device, dtype=dtype)

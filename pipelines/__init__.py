@@ -22,6 +22,8 @@ frames a photo, and resize.py the resizes of a photo of any size as matrix produ
 packages, model/, weights.py and plumbing/.
 Nothing here imports the judging or a command.
 """
+import torch
+
 from pipelines import cogvideox, controlnext, wan
 from pipelines.poses import generic_poses
 from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT
@@ -51,3 +53,12 @@ def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None,
         frames = num_frames or min(controlnext.WINDOW, networks.unet.config.num_frames)
         poses = list(generic_poses(frames, *size, body).values())
     return controlnext.ControlNeXtPipeline(networks, pose_encoder, poses)
+
+
+def loader(args, poses=None, body=None):
+    """device -> the pipeline attack.py's flags `args` name (--model, --dtype, --variant, the conditions), on that
+    device: the meta device gives its shapes without reading the weights (plumbing/memory.py)."""
+    return lambda device: load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses,
+                                        body=body, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                                        size=(args.height, args.width), num_frames=args.frames,
+                                        averaged_maps=args.averaged_maps)

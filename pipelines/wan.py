@@ -130,7 +130,8 @@ def keep_float32(transformer, files, device):
                 if any(part in key for part in FLOAT32_PARTS):
                     owner, _, name = key.rpartition(".")
                     module = transformer.get_submodule(owner)
-                    value = f.get_tensor(key).to(device, torch.float32)
+                    value = (torch.empty(f.get_slice(key).get_shape(), device="meta") if torch.device(device).type
+                             == "meta" else f.get_tensor(key).to(device, torch.float32))
                     setattr(module, name, nn.Parameter(value, requires_grad=False))
     return transformer
 

@@ -236,7 +236,7 @@ def check_against_model(args, model, poses):
         fail(model.size_problem((args.height, args.width), args.frames))
     if poses is not None and args.frames > len(poses[0]):
         fail(f"--pose {args.pose} has {len(poses[0])} frames, fewer than the {args.frames} of --frames")
-    args.low_memory = default_low_memory(model.device, args.model) if args.low_memory is None else args.low_memory
+    args.low_memory = bool(args.low_memory)  # on a GPU, chosen before loading (plumbing/memory.py) unless given
     args.attn_blocks = args.attn_blocks or model.default_attn_blocks()
     unknown = set(args.attn_blocks) - set(model.attention_names)
     if unknown:
@@ -365,3 +365,12 @@ def evaluate_flags(description, methods, default_methods):
                    help="evaluate nothing: make the tables from the photo folders in --out (those of --image "
                         "when given), after --shard runs")
     return p
+
+
+def protect_settings(args, terms, size):
+    """attack.protect's settings from attack.py's flags, for a model input of `size`."""
+    return dict(method=args.method, terms=terms, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                update=args.update, fidelity=args.fidelity, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+                tau1=args.tau1, tau2=args.tau2, num_frames=args.frames, size=size, attn_blocks=args.attn_blocks,
+                sample_steps=args.sample_steps, seed=args.seed, eot=args.eot or (), recalibrate=args.recalibrate,
+                perturb_at=args.perturb_at, budget=args.budget, chroma=args.chroma)

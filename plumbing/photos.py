@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 MIN_SIDE = 11  # SSIM's 11x11 window (metrics.ssim) must fit inside the photo
 MAX_PIXELS = 50_000_000  # above any camera's photos, below Pillow's decompression-bomb guard
+ORIENTATION = 0x0112  # the EXIF tag
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
@@ -40,6 +41,24 @@ def read_image(path):
             raise ValueError(f"not a readable image ({e})") from None
         icc = im.info.get("icc_profile")
         return to_8bit(ImageOps.exif_transpose(im)), icc if icc and icc[16:20] == b"RGB " else None
+
+
+def pixels(path):
+    """(height, width) of a photo as read_image gives it, from its header alone; (MIN_SIDE, MIN_SIDE) for a file that
+    is not a readable photo (read_image refuses it when its turn comes)."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            check_still(im)
+            turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn
+            return (im.width, im.height) if turned else (im.height, im.width)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return MIN_SIDE, MIN_SIDE
+
+
+def area(size):
+    """Pixels of a (height, width)."""
+    return size[0] * size[1]
 
 
 def check_still(im):
