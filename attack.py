@@ -43,7 +43,7 @@ from plumbing.files import (already_protected, attack_inputs, inputs_digest, mea
                             report_settings)
 from plumbing.flags import attack_args, check_against_model, protect_settings
 from plumbing.memory import chooses_mode, free_memory, memory_mode, rehearsal, rehearse
-from plumbing.photos import png_bytes, read_photo
+from plumbing.photos import largest, png_bytes, read_photo
 from plumbing.shard import each_photo, join
 
 TERMS = ("img", "enc", "con", "att")
@@ -142,26 +142,27 @@ class Objective:
 
 
 def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False):
-    """The weights of Eq. 4, so that the terms act on a similar scale (paper Sec. 4.1) whatever their
-    units: each term's factor divided by the mean |gradient| of that term with respect to I_adv,
-    averaged over `draws` fixed draws, one from the middle of each equal stratum of the adversary's
-    schedule (the gradient of L_con alone spans a factor of hundreds across it). The draws come from
-    their own seeded generator, so the weights depend on the photo and its start only. progress: a progress bar's
-    label, or False.
+    """The weights of Eq. 4, so that the terms act on a similar scale (paper Sec. 4.1) whatever their units: each
+    term's factor divided by the mean |gradient| of that term with respect to I_adv, averaged over `draws` fixed
+    draws, one from the middle of each equal stratum of the adversary's schedule (the gradient of L_con alone spans a
+    factor of hundreds across it). The draws come from their own seeded generator, so the weights depend on the
+    photo and its start only. progress: a progress bar's label, or False.
     Returns (weights {term: weight}, a record of how they were made)."""
-    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
-    n = len(objective.sigmas)
+    generator, n = torch.Generator().manual_seed(CALIBRATION_SEED), len(objective.sigmas)
     draws = min(draws, n)  # a schedule shorter than the draws: each of its levels once
     steps = [int((k + 0.5) * n / draws) for k in range(draws)]
     sums = {name: 0.0 for name in factors}
     I_adv = I_adv.detach().requires_grad_()
+    recomputing = getattr(objective.model, "saving_memory", False)  # --low-memory: a recomputing backward pass keeps
     for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
-        values = objective(I_adv, objective.draw(generator, step))
-        names = [name for name in factors if name in values and factors[name]]
-        for name in names:  # the graph is kept until the last term's gradient, then freed before the next draw
-            g, = torch.autograd.grad(values[name], I_adv, retain_graph=name != names[-1])
+        draw = objective.draw(generator, step)
+        values = objective(I_adv, draw)
+        names = [name for name in factors if factors[name] and name in values]
+        for name in names:  # what it recomputed while the graph is kept: then a pass per term
+            values = objective(I_adv, draw) if recomputing and name != names[0] else values
+            g, = torch.autograd.grad(values[name], I_adv, retain_graph=not recomputing and name != names[-1])
             sums[name] += g.abs().mean().item() / len(steps)
-        del values
+        del values  # its graph, before the next draw's
     weights = {name: factors[name] / sums[name] if sums[name] > 0 else 0.0 for name in factors}
     record = {"sigmas": [objective.sigmas[k] for k in steps], "seed": CALIBRATION_SEED, "mean_abs_grad": sums}
     return weights, record
@@ -289,8 +290,7 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
     if mask is not None and mask.shape != rgb8.shape[-2:]:
         raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {rgb8.shape[2]}x{rgb8.shape[1]}")
     size = (args.height, args.width) if args.height else model.frame_size(rgb8.shape[-2:])  # Wan: the photo's shape
-    device = model.device
-    with measured(device) as usage:  # wall time and peak memory
+    with measured(device := model.device) as usage:  # wall time and peak memory
         I_adv, history = protect(model, (rgb8.float() / 255).to(device), mask=None if mask is None else mask.to(device),
                                  **protect_settings(args, terms, size), progress=True)
         guarded8 = quantise(rgb8, I_adv, args.eps, mask)
@@ -329,7 +329,7 @@ def main(argv=None):
     pipeline_on = loader(args, poses, body)
     if chooses_mode(device, args.low_memory):  # the lightest mode the whole run fits in, or a refusal before loading
         with loading(args.model):
-            peaks, weights, frames = rehearse(pipeline_on, rehearsal(protect, args, terms, photos))
+            peaks, weights, frames = rehearse(pipeline_on, rehearsal(protect, args, terms, largest(photos)))
         args.low_memory = memory_mode(peaks, weights, free_memory(device), args.frames or frames)
     with loading(args.model):  # the one condition read while loading is the prompt's tokens
         model = pipeline_on(device)

@@ -11,6 +11,7 @@ Only the three configs and three weight files are downloaded. Hub access goes th
 which honours HF_TOKEN (or a saved `hf auth login`), HF_HOME and HF_HUB_OFFLINE.
 """
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,21 @@ def read_config(source, relpath, class_names, family="SVD's"):
     return path, d
 
 
+SKELETONS = []  # non-empty while a network's skeleton is built on the meta device (skeleton())
+
+
+@contextmanager
+def skeleton():
+    """Build networks on the meta device, as skeletons whose weights load_checked assigns: the memory rehearsal
+    (plumbing/memory.py) counts the weights assigned, not the skeleton's, which a real run never allocates."""
+    SKELETONS.append(True)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        SKELETONS.pop()
+
+
 def build_network(source, folder):
     """A component's network on the meta device, from its config.json, checked: the right class, every
     value of its field's type, and a network that can be built from them. Anything else is a WeightsError
@@ -128,7 +144,7 @@ def build_network(source, folder):
     network, config_class, class_name, _ = COMPONENTS[folder]
     path, d = read_config(source, f"{folder}/config.json", (class_name,))
     try:
-        with torch.device("meta"):
+        with skeleton():
             return network(config_class.from_json_dict(d))
     except (ValueError, TypeError, ZeroDivisionError, IndexError, RuntimeError) as e:
         raise WeightsError(f"{path}: no {network.__name__} can be built from it ({e})") from None

@@ -23,12 +23,10 @@ attention runs here as aten._scaled_dot_product_flash_attention, which has meta 
 """
 import argparse
 import sys
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import model.cogvideox.frame_attention as frame_attention  # noqa: E402
@@ -38,9 +36,9 @@ from attack import TERMS, Objective  # noqa: E402
 from losses import total_loss  # noqa: E402
 from model.cogvideox import CogVideoXTransformer, CogVideoXVAE  # noqa: E402
 from model.t5 import T5Config, T5Encoder  # noqa: E402
-from pipelines.cogvideox import CogVideoX, CogVideoXPipeline
+from pipelines.cogvideox import CogVideoX, CogVideoXPipeline  # noqa: E402
+from plumbing.memory import GiB, LiveBytes, storage_key  # noqa: E402
 
-GiB = 2**30
 PARTS = ("VAE encoder", "transformer blocks", "frame-attention maps", "the rest")
 MODES = {"none": (False, False), "blocks": (True, False), "VAE": (False, True), "blocks + VAE": (True, True)}
 
@@ -51,43 +49,6 @@ def flash_attention(self, q, k, v):
 
 
 # ---------------------------------------------------------------- measuring
-def storage_key(t):
-    return t.untyped_storage()._cdata
-
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the tensor storages alive, and their peak, over every op run under this mode (forward and backward).
-    Storages made before it (the weights) are not counted."""
-
-    def __init__(self, ignore=()):
-        super().__init__()
-        self.live, self.now, self.peak, self.ignore = {}, 0, 0, set(ignore)
-
-    def release(self, key):
-        self.now -= self.live.pop(key)
-
-    def track(self, t):
-        if not isinstance(t, torch.Tensor):
-            return
-        key = storage_key(t)
-        if key in self.live or key in self.ignore:
-            return
-        storage = t.untyped_storage()
-        self.live[key] = storage.nbytes()
-        self.now += storage.nbytes()
-        self.peak = max(self.peak, self.now)
-        weakref.finalize(storage, self.release, key)
-
-    def reset_peak(self):
-        self.peak = self.now
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            self.track(t)
-        return out
-
-
 class SavedBytes:
     """Bytes kept for the backward pass per part: saved tensors, and the inputs of checkpointed modules (which the
     checkpoint holds for the recomputation); every storage counted once, weights and buffers excluded."""

@@ -40,7 +40,7 @@ from model.t5 import TIED_KEYS, T5Config, T5Encoder
 from pipelines.svd import seeded_generator, to_model_input
 from pipelines.tokenizer import T5Tokenizer
 from plumbing.photos import model_input
-from weights import WeightsError, fetch, load_checked, read_config, shard_files
+from weights import WeightsError, fetch, load_checked, read_config, shard_files, skeleton
 
 DEFAULT_MODEL = "THUDM/CogVideoX-5b-I2V"
 TINY = "tiny-cogvideox"  # the --model name of tiny_cogvideox's random networks
@@ -80,7 +80,7 @@ def network_on_meta(source, folder, network, config_class, class_name):
     """A network built on the meta device from `folder`/config.json (as weights.build_network does for SVD)."""
     path, d = read_config(source, f"{folder}/config.json", (class_name,), "CogVideoX's")
     try:
-        with torch.device("meta"):
+        with skeleton():
             return network(config_class.from_json_dict(d))
     except (ValueError, TypeError, ZeroDivisionError, IndexError, RuntimeError) as e:
         raise WeightsError(f"{path}: no {network.__name__} can be built from it ({e})") from None
@@ -347,6 +347,7 @@ class CogVideoXPipeline:
             self.prompt_embeds = self.negative_embeds if same else prompt_embeddings(networks.text_encoder, ids)
         networks.text_encoder = None
         self.networks, self.guidance, self.averaged_maps = networks, guidance, averaged_maps
+        self.saving_memory = False  # low_memory
         s = networks.schedule
         self.abar = alphas_cumprod(s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["snr_shift_scale"],
                                    s["rescale_betas_zero_snr"])  # float64 (T,)
@@ -405,7 +406,7 @@ class CogVideoXPipeline:
     def low_memory(self, on):
         """Recompute each transformer block's and the VAE encoder's activations in the backward pass instead of
         keeping them (benchmarks/cogvideox_memory.py: what that saves at 480x720x49)."""
-        self.networks.transformer.checkpointing = self.networks.vae.checkpointing = on
+        self.networks.transformer.checkpointing = self.networks.vae.checkpointing = self.saving_memory = on
 
     # ------------------------------------------------------------ the pieces of Algorithm 1
     def P(self, I, *, size, num_frames, steps, seed, progress=False):

@@ -33,7 +33,7 @@ from pipelines.poses import release_crop_box
 from pipelines.svd import (SVDPipeline, added_time_ids, box_in_photo, decode, image_conditioning,
                            seeded_generator)
 from plumbing.reading import read_json
-from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, tiny_svd
+from weights import SVD, WeightsError, build_network, fetch, load_checked, load_network, load_svd, skeleton, tiny_svd
 
 BASE_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
 RELEASE_REPO = "Kijai/ControlNeXt-SVD-V2-Comfy"
@@ -96,7 +96,7 @@ def pose_encoder_on_meta(path, unet_channels):
         if not isinstance(d, dict):
             raise ValueError(f"a JSON object is expected, not a {type(d).__name__}")
         d.setdefault("unet_channels", unet_channels)
-        with torch.device("meta"):
+        with skeleton():
             return PoseEncoder(PoseEncoderConfig.from_json_dict(d))
     except (OSError, ValueError, TypeError, ZeroDivisionError, IndexError) as e:
         raise WeightsError(f"{path}: no PoseEncoder can be built from it ({e})") from None

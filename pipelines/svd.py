@@ -190,6 +190,7 @@ class SVDPipeline:
 
     def __init__(self, networks, fps=7, motion_bucket_id=127, noise_aug=0.02):
         self.networks, self.fps, self.motion_bucket_id, self.noise_aug = networks, fps, motion_bucket_id, noise_aug
+        self.saving_memory = False
 
     # ------------------------------------------------------------ what the attack reads
     @property
@@ -230,20 +231,22 @@ class SVDPipeline:
         return tuple(name for name in down if name.startswith(f"down_blocks.{last}."))
 
     def low_memory(self, on):
-        """Recompute the UNet's and the VAE encoder's activations in the backward pass instead of keeping them."""
-        self.networks.unet.checkpointing = self.networks.vae.checkpointing = on
+        """Recompute the UNet's and the VAE encoder's activations in the backward pass instead of keeping them; make
+        the videos (P, video) as generate's low_memory does, the guidance branches one after the other and the frames
+        decoded 2 at a time, so that no video needs more than an iteration (benchmarks/whole_run_memory.py)."""
+        self.networks.unet.checkpointing = self.networks.vae.checkpointing = self.saving_memory = on
 
     # ------------------------------------------------------------ the pieces of Algorithm 1
     def P(self, I, *, size, num_frames, steps, seed, progress=False):
         """V = P(I): the video (F,3,H,W) in [-1,1] made from the photo through the differentiable resize."""
         return generate(self.networks, to_model_input(I, size)[0], num_frames=num_frames, steps=steps, fps=self.fps,
                         motion_bucket_id=self.motion_bucket_id, noise_aug_strength=self.noise_aug, seed=seed,
-                        progress=progress, clip_image=I[0] * 2 - 1)
+                        progress=progress, clip_image=I[0] * 2 - 1, low_memory=self.saving_memory)
 
     def video(self, rgb8, *, size, num_frames, steps, seed, progress=False):
         """The video (F,3,H,W) in [-1,1] the adversary makes from an 8-bit photo file (Lanczos resize)."""
         return generate(self.networks, model_input(rgb8, size), num_frames=num_frames, steps=steps, seed=seed,
-                        clip_image=rgb8.float() / 127.5 - 1, progress=progress)
+                        clip_image=rgb8.float() / 127.5 - 1, progress=progress, low_memory=self.saving_memory)
 
     def encode_frames(self, V):
         """Frames (F,3,H,W) in [-1,1] -> denoiser latents X (1,F,4,H/8,W/8): posterior means times the

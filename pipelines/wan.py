@@ -53,7 +53,7 @@ from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT, clean_pro
 from pipelines.svd import box_in_photo, seeded_generator
 from pipelines.wan_photo import AREA, TINY_AREA, best_output_size, crop_box, release_crop, release_input
 from pipelines.tokenizer import CONTROL, NORMAL, UNKNOWN, T5Tokenizer, model_proto
-from weights import WeightsError, fetch, load_checked, read_config, shard_files
+from weights import WeightsError, fetch, load_checked, read_config, shard_files, skeleton
 
 DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 TINY = "tiny-wan"  # the --model name of tiny_wan's random networks
@@ -89,7 +89,7 @@ def network_on_meta(source, folder, network, config_class, class_name):
     """A network built on the meta device from `folder`/config.json."""
     path, d = read_config(source, f"{folder}/config.json", (class_name,), "Wan's")
     try:
-        with torch.device("meta"):
+        with skeleton():
             return network(config_class.from_json_dict(d))
     except (ValueError, TypeError, ZeroDivisionError, IndexError, RuntimeError) as e:
         raise WeightsError(f"{path}: no {network.__name__} can be built from it ({e})") from None
@@ -378,6 +378,7 @@ class WanPipeline:
         self.unguided = [clean_prompt(text) == clean_prompt(negative_prompt) for text in prompts]
         networks.text_encoder = None
         self.networks, self.guidance, self.averaged_maps = networks, guidance, averaged_maps
+        self.saving_memory = False  # low_memory
         self.prompts = tuple(prompts)
         self.timestep_of = {}  # sigma -> the sampler's integer timestep, for the levels noise_levels gave
 
@@ -452,7 +453,7 @@ class WanPipeline:
     def low_memory(self, on):
         """Recompute each transformer block's and the VAE encoder's activations in the backward pass instead of
         keeping them (benchmarks/wan_memory.py: what that saves at 480x832x49)."""
-        self.networks.transformer.checkpointing = self.networks.vae.checkpointing = on
+        self.networks.transformer.checkpointing = self.networks.vae.checkpointing = self.saving_memory = on
 
     # ------------------------------------------------------------ the pieces of Algorithm 1
     def sample(self, image, motion, **settings):

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from plumbing.cli import FAILURE, fail
 from plumbing.flags import protect_settings
-from plumbing.photos import area, pixels
+from weights import SKELETONS
 
 GiB = 2**30
 MARGIN = 0.1  # the share of the free memory kept for what the estimate leaves out
@@ -77,7 +77,7 @@ class LiveBytes(TorchDispatchMode):
         self.now -= self.live.pop(key)
 
     def track(self, t):
-        if not isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor) or t.device.type != "meta" or SKELETONS:  # the device's, not the host's
             return
         key = storage_key(t)
         if key in self.live or key in self.ignore:
@@ -130,12 +130,10 @@ def weight_bytes(*networks):
     return sum(storages.values())
 
 
-def rehearsal(protect, args, terms, photos):
-    """run(pipeline): the device work of protecting the largest of `photos` with attack.py's flags `args` and
-    attack.protect, cut to two iterations and two sampling steps (each frees what the one before made), then a video
-    if the run makes them: what rehearse runs on the meta device."""
-    photo = max(map(pixels, photos), key=area)  # (H0, W0)
-
+def rehearsal(protect, args, terms, photo):
+    """run(pipeline): the device work of protecting a photo of photo = (H0, W0) pixels with attack.py's flags `args`
+    and attack.protect, cut to two iterations and two sampling steps (each frees what the one before made), then a
+    video if the run makes them: what rehearse runs on the meta device."""
     def run(model):
         size = (args.height, args.width) if args.height else model.frame_size(photo)
         I = torch.rand(3, *photo, generator=torch.Generator().manual_seed(0)).to(model.device)  # (3, H0, W0)

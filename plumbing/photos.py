@@ -56,9 +56,9 @@ def pixels(path):
         return MIN_SIDE, MIN_SIDE
 
 
-def area(size):
-    """Pixels of a (height, width)."""
-    return size[0] * size[1]
+def largest(paths):
+    """(height, width) of the photo with the most pixels, from their headers (pixels)."""
+    return max(map(pixels, paths), key=lambda size: size[0] * size[1])
 
 
 def check_still(im):

@@ -1,0 +1,126 @@
+"""The whole run's memory, estimated before loading (plumbing/memory.py): the estimate on the meta device equals, within
+10%, the peak the CPU allocator measures for the same run with the same tiny networks, for every model and both
+modes; no phase keeps what the one before it made (a calibration draw its predecessor's graph, an iteration the
+last's); the mode is the lightest that fits in the free memory, said in one line, and where none fits the run is
+refused in one line before any weights are read."""
+import pytest
+import torch
+import torch.profiler as tp
+
+import attack
+from attack import calibrate, protect, selected_terms
+from pipelines import loader
+from plumbing.flags import attack_args
+from plumbing.memory import GiB, LiveBytes, gpu_attention, memory_mode, rehearsal, rehearse
+
+PHOTO = "examples/astronaut.png"
+SIZES = {"tiny": 64, "tiny-controlnext": 64, "tiny-cogvideox": 32, "tiny-wan": 64}
+
+
+def flags(model, *more):
+    args = attack_args("", ["--image", PHOTO, "--model", model, "--height", str(SIZES[model]), "--width",
+                            str(SIZES[model]), "--steps", "2", *more])
+    args.dtype = "float32"
+    return args
+
+
+def allocator_peak(work):
+    """The peak bytes the CPU allocator holds while `work()` runs, from the profiler's record of every allocation
+    and release (independent of the dispatch-level counting the estimate uses)."""
+    with tp.profile(activities=[tp.ProfilerActivity.CPU], profile_memory=True) as profile:
+        work()
+    events = sorted((e.start_ns(), e.nbytes()) for e in profile.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    now = peak = 0
+    for _, nbytes in events:
+        now += nbytes
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.parametrize("model", list(SIZES))
+def test_estimate_equals_the_cpu_allocators_peak(model):
+    """The estimate attack.py makes before loading, against the same run on the CPU: loading, V_0, the calibration,
+    two iterations and the video check, with and without --low-memory."""
+    args = flags(model)
+    photo = (512, 512)  # examples/astronaut.png's
+    estimates, weights, _ = rehearse(loader(args), rehearsal(protect, args, selected_terms(), photo))
+    run = rehearsal(protect, args, selected_terms(), photo)
+    for mode in (False, True):
+        def whole_run():
+            pipeline = loader(args)(torch.device("cpu"))
+            pipeline.low_memory(mode)
+            run(pipeline)
+        measured = allocator_peak(whole_run)
+        assert abs(estimates[mode] - measured) <= 0.1 * measured, (model, mode, estimates[mode], measured)
+        assert estimates[mode] > 2 * weights  # the activations, not the weights, are what is compared
+
+
+def test_no_phase_keeps_the_one_before():
+    """Two calibration draws peak where one does, three iterations where one does: each frees its graph before the
+    next begins (calibrate kept each draw's graph while the next was built: twice an iteration's memory)."""
+    args = flags("tiny")
+    pipeline = loader(args)(torch.device("meta"))
+    I = torch.rand(1, 3, 64, 64).to("meta")
+    objective = attack.Objective(pipeline, I, selected_terms(), num_frames=4, size=(64, 64), tau1=0.5, tau2=0.5,
+                                 attn_blocks=pipeline.default_attn_blocks(), sample_steps=4, seed=0)
+    factors = dict(img=0.0, enc=1.0, con=1.0, att=1.0)
+    peaks = []
+    for draws in (1, 2):
+        with gpu_attention(), LiveBytes() as live:
+            calibrate(objective, I.clone(), factors, draws=draws)
+        peaks.append(live.peak)
+    assert peaks[1] == pytest.approx(peaks[0], rel=0.01)
+    peaks = []
+    for steps in (1, 3):
+        with gpu_attention(), LiveBytes() as live:
+            protect(pipeline, I[0], steps=steps, size=(64, 64), num_frames=4, sample_steps=2)
+        peaks.append(live.peak)
+    assert peaks[1] == pytest.approx(peaks[0], rel=0.01)
+
+
+def test_the_lightest_mode_that_fits(capsys):
+    peaks = {False: 50 * GiB, True: 15 * GiB}
+    assert memory_mode(peaks, 4 * GiB, 80 * GiB, 14) is False
+    assert memory_mode(peaks, 4 * GiB, 23 * GiB, 14) is True
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "default mode" in lines[0] and "50.0 GiB" in lines[0] and "80.0 GiB free" in lines[0]
+    assert "--low-memory" in lines[1] and "15.0 GiB" in lines[1] and "without it 50.0 GiB" in lines[1]
+    with pytest.raises(SystemExit) as refused:
+        memory_mode(peaks, 4 * GiB, 12 * GiB, 14)
+    assert refused.value.code == 1
+    line, = capsys.readouterr().err.splitlines()
+    # (12 * 0.9 - 4) / (15 - 4) of the activations fit: 61%, about 8 of the 14 frames
+    assert "15.0 GiB even with --low-memory" in line and "about 8)" in line and "--height" in line
+    with pytest.raises(SystemExit):
+        memory_mode(peaks, 4 * GiB, 4 * GiB, 14)
+    assert "the weights alone do not fit" in capsys.readouterr().err
+
+
+def test_a_run_that_cannot_fit_is_refused_before_loading(monkeypatch, tmp_path, capsys):
+    """On a GPU with too little free memory attack.py says so in one line and reads no weights: every pipeline it
+    built was on the meta device."""
+    devices = []
+    real_loader = attack.loader
+    monkeypatch.setattr(attack, "loader", lambda *a: lambda device: devices.append(device.type) or
+                        real_loader(*a)(device))
+    monkeypatch.setattr(attack, "chooses_mode", lambda device, low_memory: low_memory is None)
+    monkeypatch.setattr(attack, "free_memory", lambda device: 2**20)
+    out = tmp_path / "guarded.png"
+    with pytest.raises(SystemExit) as refused:
+        attack.main(["--image", PHOTO, "--model", "tiny", "--height", "64", "--width", "64", "--out", str(out)])
+    assert refused.value.code == 1 and devices == ["meta"] and not list(tmp_path.iterdir())
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "even with --low-memory" in errors[0]
+
+
+def test_header_size_follows_the_exif_orientation(tmp_path):
+    from PIL import Image
+    from plumbing.photos import MIN_SIDE, ORIENTATION, largest, pixels
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # a quarter turn: a 40x30 image shown 30 wide and 40 high
+    Image.new("RGB", (40, 30)).save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("RGB", (50, 20)).save(tmp_path / "wide.png")
+    assert pixels(tmp_path / "turned.jpg") == (40, 30)
+    assert largest([tmp_path / "turned.jpg", tmp_path / "wide.png"]) == (40, 30)
+    assert pixels(tmp_path / "missing.png") == (MIN_SIDE, MIN_SIDE)  # refused later, when its turn comes
