@@ -151,15 +151,15 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False
     generator, n = torch.Generator().manual_seed(CALIBRATION_SEED), len(objective.sigmas)
     draws = min(draws, n)  # a schedule shorter than the draws: each of its levels once
     steps = [int((k + 0.5) * n / draws) for k in range(draws)]
-    sums = {name: 0.0 for name in factors}
-    I_adv = I_adv.detach().requires_grad_()
+    sums, I_adv = {name: 0.0 for name in factors}, I_adv.detach().requires_grad_()
     recomputing = getattr(objective.model, "saving_memory", False)  # --low-memory: a recomputing backward pass keeps
     for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
-        draw = objective.draw(generator, step)
-        values = objective(I_adv, draw)
+        values = objective(I_adv, draw := objective.draw(generator, step))
         names = [name for name in factors if factors[name] and name in values]
         for name in names:  # what it recomputed while the graph is kept: then a pass per term
-            values = objective(I_adv, draw) if recomputing and name != names[0] else values
+            if recomputing and name != names[0]:
+                del values  # the last pass's graph (what its backward did not reach), before the next pass's
+                values = objective(I_adv, draw)
             g, = torch.autograd.grad(values[name], I_adv, retain_graph=not recomputing and name != names[-1])
             sums[name] += g.abs().mean().item() / len(steps)
         del values  # its graph, before the next draw's

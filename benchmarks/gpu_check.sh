@@ -5,7 +5,8 @@
 #   2. benchmarks/bench_attack.py at the official size in bfloat16, default and --low-memory: seconds
 #      per iteration, peak memory, ratio to the diffusers-based iteration, achieved TFLOP/s;
 #   3. attack.py on examples/astronaut.png at 576x1024, 14 frames, 50 iterations, on random
-#      official-size weights: wall time and peak memory;
+#      official-size weights: wall time, peak memory, and the whole run's peak (with the video check) against
+#      the estimate attack.py made before loading, which chose its memory mode;
 #   4. sample.py, 25 steps, on the same weights: wall time;
 #   5. benchmarks/dit_iteration.py: one attack iteration against CogVideoX-5B-I2V at 480x720x49 in
 #      bfloat16 on random official-size weights, with and without --low-memory: seconds and peak memory;
@@ -73,9 +74,13 @@ sys.path.insert(0, 'benchmarks'); from bench_attack import write_weights; write_
 model=(--model "$work/svd" --variant none --device "$device")
 step "3. Protecting examples/astronaut.png, $iterations iterations" "$python" attack.py \
   --image examples/astronaut.png --out "$work/astronaut.guarded.png" --steps "$iterations" "${video[@]}" "${model[@]}"
-"$python" -c "import json, sys; r = json.load(open(sys.argv[1])); print(f\"Protection: {r['wall_time_s']:.1f} s, \
-peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB, low memory {r['settings']['low_memory']}\n\")" \
-  "$work/astronaut.guarded.json" >>"$summary" 2>/dev/null || failed=1
+grep -a "^memory: " "$work/output" >"$work/memory" || echo "memory: no estimate (on a CPU)" >"$work/memory"
+"$python" -c "import json, re, sys; r = json.load(open(sys.argv[1])); line = open(sys.argv[2]).read().strip(); \
+estimate = re.search(r'estimated at ([0-9.]+) GiB', line); whole = r['peak_memory_with_videos_bytes'] / 2**30; \
+print(f\"Protection: {r['wall_time_s']:.1f} s, peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB, with the video \
+check {whole:.2f} GiB, low memory {r['settings']['low_memory']}; {line}\" + (f\"; measured / estimated \
+{whole / float(estimate[1]):.3f}\" if estimate else '') + '\n')" \
+  "$work/astronaut.guarded.json" "$work/memory" >>"$summary" 2>/dev/null || failed=1
 step "4. A video from examples/astronaut.png" "$python" sample.py --image examples/astronaut.png \
   --out "$work/astronaut.gif" "${video[@]}" "${model[@]}"
 step "5. One attack iteration against CogVideoX-5B-I2V (random weights)" \

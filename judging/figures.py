@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from judging.metrics import held_out_seeds, psnr, video_distance
-from plumbing.files import quantise
+from plumbing.files import peak_memory, quantise
 from plumbing.photos import model_input, to_images, to_uint8, video_bytes
 
 CELL, LABEL = 24, 16  # pixels per entry of an F x F map; height of a label strip
@@ -222,7 +222,8 @@ def video_check(model, src8, guarded8, out, args, size, mask=None):
     frames8 = {name: torch.from_numpy(to_uint8(V)).permute(0, 3, 1, 2) for name, V in videos.items()}
     distance, noise = (video_distance(frames8[name], frames8["source"]) for name in ("guarded", "noise"))
     fields = {"video_seed": seed, "video_psnr_db": distance["video_psnr"], "video_ssim": distance["video_ssim"],
-              "noise_video_psnr_db": noise["video_psnr"], "noise_video_ssim": noise["video_ssim"]}
+              "noise_video_psnr_db": noise["video_psnr"], "noise_video_ssim": noise["video_ssim"],
+              "peak_memory_with_videos_bytes": peak_memory(model.device)}  # the protection's and the videos'
     if not args.preview:
         return fields, {}
     print("preview: drawing the side-by-side video and the attention maps", file=sys.stderr)

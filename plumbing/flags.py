@@ -7,7 +7,7 @@ import sys
 import torch
 
 from judging.transforms import PURIFY, parse_eot, parse_list
-from plumbing.cli import (MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser, default_low_memory,
+from plumbing.cli import (MAX_FRAMES, MAX_SAMPLE_STEPS, MAX_SEED, MAX_SIDE, MODEL_HELP, Parser,
                           fail, integer, model_size, number, number_in, path, pose_conditioned, text_conditioned,
                           variant, wan_model)
 from plumbing.shard import JOIN_TIMEOUT_S, parse_shard
@@ -180,7 +180,8 @@ def attack_flags(description):
                    help="model dtype (default: bfloat16 on CUDA, float32 elsewhere); the image stays float32")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction,
                    help="recompute UNet and VAE-encoder activations in the backward pass instead of keeping them "
-                        "(default: on for GPUs under 40 GiB, and for Wan on every GPU)")
+                        "(default on a GPU: off if the whole run's estimated memory fits in the free memory, else on; "
+                        "a run that does not fit either way is refused before loading. Off on a CPU)")
     p.add_argument("--video-check", action=argparse.BooleanOptionalAction, default=True,
                    help="make the videos of the photo, of the guarded photo and of the photo with random +-eps noise "
                         "(--method random-sign's) at a seed the attack did not use (--seed + 1) and report how far "
