@@ -145,14 +145,14 @@ def rehearsal(protect, args, terms, photo):
     return run
 
 
-def rehearse(pipeline_on, run):
+def rehearse(pipeline_on, run, modes=(False, True)):
     """The peak device memory in bytes of loading the pipeline, pipeline_on(device), and of run(pipeline), with
-    --low-memory off and on, estimated on the meta device: ({False: bytes, True: bytes}, the weights' bytes, the
-    pipeline's own number of frames)."""
+    --low-memory off and on (`modes`), estimated on the meta device: ({False: bytes, True: bytes}, the weights'
+    bytes, the pipeline's own number of frames)."""
     with gpu_attention(), LiveBytes() as live:
         pipeline = pipeline_on(torch.device("meta"))  # shapes only: no weights read
         loading, weights, peaks = live.peak, live.now, {}
-        for mode in (False, True):
+        for mode in modes:
             pipeline.low_memory(mode)
             live.reset_peak()
             run(pipeline)
