@@ -38,7 +38,8 @@ def grads(mask, *like_these):
     return tuple(like(t) if wanted and t is not None else None for wanted, t in zip(mask, like_these))
 
 
-def norm_statistics(x, batch_shape):
+def norm_statistics(batch_shape):
+    """A norm's mean and reciprocal standard deviation per normalised group."""
     return tuple(torch.empty(batch_shape, dtype=torch.float32, device="meta") for _ in range(2))
 
 
@@ -51,10 +52,10 @@ aten = torch.ops.aten
 # Output shapes of the ops whose meta kernels are written in Python (decompositions into many small ops, a
 # millisecond or more a call): the same outputs, found directly. Every other op runs its own meta kernel.
 SHAPES = {
-    aten.native_group_norm.default: lambda x, w, b, N, C, HxW, group, eps: (like(x), *norm_statistics(x, (N, group))),
+    aten.native_group_norm.default: lambda x, w, b, N, C, HxW, group, eps: (like(x), *norm_statistics((N, group))),
     aten.native_group_norm_backward.default: lambda dy, x, mean, rstd, w, N, C, HxW, group, mask: grads(mask, x, w, w),
     aten.native_layer_norm.default: lambda x, shape, w, b, eps: (
-        like(x), *norm_statistics(x, (*x.shape[:x.dim() - len(shape)], *[1] * len(shape)))),
+        like(x), *norm_statistics((*x.shape[:x.dim() - len(shape)], *[1] * len(shape)))),
     aten.native_layer_norm_backward.default: lambda dy, x, shape, mean, rstd, w, b, mask: grads(mask, x, w, b),
     aten.add.Tensor: elementwise, aten.sub.Tensor: elementwise, aten.mul.Tensor: elementwise,
     aten.gelu.default: lambda x, approximate="none": like(x),

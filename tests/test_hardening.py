@@ -206,11 +206,14 @@ def test_files_are_written_all_or_nothing(tmp_path):
 
 
 def test_a_signal_while_writing_waits_until_every_file_is_written(tmp_path):
+    # as a command sets it (cli.command): a process started in the background inherits Ctrl-C ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(KeyboardInterrupt):
         with signals_held():
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle: held
             write_files({tmp_path / "a.txt": b"a", tmp_path / "b.txt": b"b"})
             written = sorted(p.name for p in tmp_path.iterdir())
+    signal.signal(signal.SIGINT, previous)
     assert written == ["a.txt", "b.txt"]
 
 
