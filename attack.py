@@ -161,7 +161,7 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False
                 del values  # the last pass's graph (what its backward did not reach), before the next pass's
                 values = objective(I_adv, draw)
             g, = torch.autograd.grad(values[name], I_adv, retain_graph=not recomputing and name != names[-1])
-            sums[name] += g.abs().mean().item() / len(steps)
+            sums[name] += g.abs_().mean().item() / len(steps)
         del values  # its graph, before the next draw's
     weights = {name: factors[name] / sums[name] if sums[name] > 0 else 0.0 for name in factors}
     record = {"sigmas": [objective.sigmas[k] for k in steps], "seed": CALIBRATION_SEED, "mean_abs_grad": sums}

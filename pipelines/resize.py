@@ -104,9 +104,12 @@ def transposed(matrix):
 def banded(matrix, x):
     """matrix (m, n) (float64, on the CPU, where its bands are found) @ x (..., n, k) -> (..., m, k) in x's dtype on
     its device, each block of the matrix's rows (bands) multiplied with the rows of x it reads only: contiguous
-    slices of x."""
+    slices of x, each product written in its place in the output."""
     on_x = cast(matrix, x.dtype, x.device)
-    return torch.cat([on_x[rows, a:b] @ x[..., a:b, :] for rows, a, b in bands(matrix)], dim=-2)
+    out = x.new_empty(*x.shape[:-2], matrix.shape[0], x.shape[-1])  # (..., m, k)
+    for rows, a, b in bands(matrix):
+        torch.matmul(on_x[rows, a:b], x[..., a:b, :], out=out[..., rows, :])
+    return out
 
 
 class BandedProduct(torch.autograd.Function):
