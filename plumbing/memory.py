@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from plumbing.cli import FAILURE, fail
+from plumbing.cli import FAILURE, fail, one_line
 from plumbing.flags import protect_settings
 from weights import SKELETONS
 
@@ -149,15 +149,20 @@ def rehearsal(protect, args, terms, photo):
 def rehearse(pipeline_on, run, modes=(False, True)):
     """The peak device memory in bytes of loading the pipeline, pipeline_on(device), and of run(pipeline), with
     --low-memory off and on (`modes`), estimated on the meta device: ({False: bytes, True: bytes}, the weights'
-    bytes, the pipeline's own number of frames)."""
+    bytes, the pipeline's own number of frames). A mode whose rehearsal fails (an op with no meta kernel) is None,
+    said in one line."""
     with gpu_attention(), LiveBytes() as live:
         pipeline = pipeline_on(torch.device("meta"))  # shapes only: no weights read
         loading, weights, peaks = live.peak, live.now, {}
         for mode in modes:
             pipeline.low_memory(mode)
             live.reset_peak()
-            run(pipeline)
-            peaks[mode] = max(loading, live.peak)
+            try:
+                run(pipeline)
+                peaks[mode] = max(loading, live.peak)
+            except (NotImplementedError, RuntimeError) as e:  # an op the meta device cannot run: no estimate
+                peaks[mode] = None
+                print(f"memory: the run cannot be rehearsed on the meta device ({one_line(e)})", file=sys.stderr)
     return peaks, weights, pipeline.num_frames
 
 
@@ -175,6 +180,10 @@ def memory_mode(peaks, weights, free, frames):
     """--low-memory's value: the lightest mode whose estimated peak (rehearse) fits in (1 - MARGIN) of the `free`
     bytes, said in one line; where none fits, a refusal in one line with what would (fewer frames, fewer pixels:
     the activations taken to grow in proportion to them)."""
+    if None in peaks.values():
+        print("memory: --low-memory (activations recomputed in the backward pass), the lighter mode, without an "
+              "estimate", file=sys.stderr)
+        return True
     room = free * (1 - MARGIN)
     fits = [mode for mode in (False, True) if peaks[mode] <= room]
     what = {False: "default mode", True: "--low-memory (activations recomputed in the backward pass)"}

@@ -131,3 +131,31 @@ def test_header_size_follows_the_exif_orientation(tmp_path):
     assert pixels(tmp_path / "turned.jpg") == (40, 30)
     assert largest([tmp_path / "turned.jpg", tmp_path / "wide.png"]) == (40, 30)
     assert pixels(tmp_path / "missing.png") == (MIN_SIDE, MIN_SIDE)  # refused later, when its turn comes
+
+
+@pytest.mark.parametrize("spec", ["jpeg75", "resize0.5", "down0.5", "long48", "crop0.8", "blur1", "noise0.05",
+                                  "denoise1", "jpeg90+long48+noise0.02"])
+def test_eot_transformations_rehearse_on_the_meta_device(spec):
+    """--eot's exact pass is made from the photo's data on the CPU; rehearsed, it takes the approximation's shape,
+    and the gradient still flows through the approximation."""
+    from judging.transforms import differentiable, links, parse, smooth
+    spec = parse(spec)
+    I = torch.zeros(1, 3, 64, 80, device="meta", requires_grad=True)
+    out = differentiable(spec, I, torch.Generator().manual_seed(0))
+    expected = torch.zeros(1, 3, 64, 80, device="meta")
+    for link in links(spec):
+        expected = smooth(link, expected, torch.zeros(3, *expected.shape[-2:], device="meta"))
+    assert out.device.type == "meta" and out.shape == expected.shape and out.requires_grad
+
+
+def test_a_run_the_meta_device_cannot_rehearse_takes_the_lighter_mode(capsys):
+    def pipeline_on(device):
+        return loader(flags("tiny"))(device)
+
+    def run(pipeline):
+        torch.zeros(2, device="meta").cpu()  # no data to copy: the meta device cannot run this
+
+    peaks, _, _ = rehearse(pipeline_on, run)
+    assert peaks == {False: None, True: None}
+    assert memory_mode(peaks, GiB, 80 * GiB, 14) is True
+    assert "without an estimate" in capsys.readouterr().err.splitlines()[-1]
