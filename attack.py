@@ -37,7 +37,7 @@ from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss
 from pipelines import loader
 from pipelines.resize import upsampled_onto
 from pipelines.poses import read_body, read_poses
-from plumbing.cli import (MAX_FRAMES, choose_threads, command, default_dtype, json_bytes, loading, parse_device,
+from plumbing.cli import (MAX_FRAMES, choose_threads, command, default_dtype, json_bytes, parse_device,
                           read_flag, write_files)
 from plumbing.files import (already_protected, attack_inputs, inputs_digest, measured, photo_size, quantise,
                             report_settings)
@@ -328,11 +328,9 @@ def main(argv=None):
 
     pipeline_on = loader(args, poses, body)
     if chooses_mode(device, args.low_memory):  # the lightest mode the whole run fits in, or a refusal before loading
-        with loading(args.model):
-            peaks, weights, frames = rehearse(pipeline_on, rehearsal(protect, args, terms, largest(photos)))
+        peaks, weights, frames = rehearse(pipeline_on, rehearsal(protect, args, terms, largest(photos)))
         args.low_memory = memory_mode(peaks, weights, free_memory(device), args.frames or frames)
-    with loading(args.model):  # the one condition read while loading is the prompt's tokens
-        model = pipeline_on(device)
+    model = pipeline_on(device)
     check_against_model(args, model, poses)
     model.low_memory(args.low_memory)
 

@@ -4,12 +4,11 @@ Reduction: every squared norm ||a - b||^2 here is the MEAN of the squared differ
 elements, so a term's size does not depend on the resolution, the number of frames or heads; the
 weights alpha, beta, gamma carry the scale (attack.py sets them from the first step's values).
 """
-import torch.nn.functional as F
 
 
 def mean_sq(a, b):
-    """||a - b||^2 as a mean over elements, in float32 (one pass: a photo's megapixels need no temporaries)."""
-    return F.mse_loss(a.float(), b.float())
+    """||a - b||^2 as a mean over elements, in float32."""
+    return (a.float() - b.float()).pow(2).mean()
 
 
 def image_loss(I_adv, I_src):

@@ -28,7 +28,7 @@ from pipelines import cogvideox, controlnext, wan
 from pipelines.poses import generic_poses
 from pipelines.prompts import ATTACK_PROMPTS, RELEASE_NEGATIVE_PROMPT
 from pipelines.svd import SVDPipeline, load_model
-from plumbing.cli import pose_conditioned, text_conditioned, wan_model
+from plumbing.cli import loading, pose_conditioned, text_conditioned, wan_model
 
 
 def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None, prompt=None, negative_prompt=None,
@@ -57,8 +57,12 @@ def load_pipeline(name, device, dtype, variant="fp16", *, poses=None, body=None,
 
 def loader(args, poses=None, body=None):
     """device -> the pipeline attack.py's flags `args` name (--model, --dtype, --variant, the conditions), on that
-    device: the meta device gives its shapes without reading the weights (plumbing/memory.py)."""
-    return lambda device: load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses,
-                                        body=body, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                                        size=(args.height, args.width), num_frames=args.frames,
-                                        averaged_maps=args.averaged_maps)
+    device, a problem said in one line (plumbing.cli.loading): the meta device gives its shapes without reading the
+    weights (plumbing/memory.py)."""
+    def pipeline_on(device):
+        with loading(args.model):  # the one condition read while loading is the prompt's tokens
+            return load_pipeline(args.model, device, getattr(torch, args.dtype), args.variant, poses=poses, body=body,
+                                 prompt=args.prompt, negative_prompt=args.negative_prompt,
+                                 size=(args.height, args.width), num_frames=args.frames,
+                                 averaged_maps=args.averaged_maps)
+    return pipeline_on
