@@ -124,13 +124,6 @@ def gpu_attention():
         F.scaled_dot_product_attention = REAL_ATTENTION
 
 
-def weight_bytes(*networks):
-    """Bytes of the networks' parameters and buffers, each storage once."""
-    storages = {storage_key(t): t.untyped_storage().nbytes() for m in networks if m is not None
-                for t in [*m.parameters(), *m.buffers()]}
-    return sum(storages.values())
-
-
 def rehearsal(protect, args, terms, photo):
     """run(pipeline): the device work of protecting a photo of photo = (H0, W0) pixels with attack.py's flags `args`
     and attack.protect, cut to two iterations and two sampling steps (each frees what the one before made), then a
