@@ -101,9 +101,10 @@ class Objective:
             T = draw_eot(self.eot, generator), int(torch.randint(2**31, (), generator=generator))
         return d, sigma, noise, T
 
-    def __call__(self, I_adv, draw):
-        """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on."""
-        model, (d, sigma, noise, T) = self.model, draw
+    def __call__(self, I_adv, draw, only=None):
+        """I_adv (1,3,H0,W0) in [0,1] -> {term name: value} for the terms switched on, or with `only` that term's
+        (and "img"): a pass that builds no graph for the others (the denoiser stops after the maps for L_att)."""
+        model, (d, sigma, noise, T), wanted = self.model, draw, self.terms if only is None else (only,)
         terms = {"img": image_loss(I_adv, self.I_src)}
         # EOT: the adversary receives T(I_adv); A_src comes from T(I_src), so T's own effect is not the attack's
         I_ref = self.I_src
@@ -114,11 +115,11 @@ class Objective:
         # Encode attacked image x_adv = E(I_adv); every reference is encoded with the same draw d, so
         # that each distance is exactly zero where I_adv equals its reference.
         x_adv = model.E(I_adv, d, self.size)
-        if "enc" in self.terms:
+        if "enc" in wanted:
             with torch.no_grad():
                 x_tg = model.E(self.I_tg, d, self.size)
             terms["enc"] = encoder_loss(x_adv, x_tg)
-        if "con" not in self.terms and "att" not in self.terms:
+        if "con" not in wanted and "att" not in wanted:
             return terms
 
         # I_adv reaches the denoiser through every conditioning path: its latents and its embedding
@@ -126,14 +127,14 @@ class Objective:
         # Generate noisy frames X_t = S(X_0, t, noise), X_0 that of the motion drawn
         X_0 = self.X_0_k[model.motion(d) if len(self.X_0_k) > 1 else 0][None]  # (1, F, C, h, w)
         X_t = model.S(X_0, sigma, noise)
-        blocks = self.attn_blocks if "att" in self.terms else ()
+        blocks = self.attn_blocks if "att" in wanted else ()
 
         # Predict X_0: X0_adv = G(X_t, x_adv, c_adv), with the attention maps A_adv
-        X0_adv, A_adv = model.G(X_t, sigma, x_adv, c_adv, d, blocks)
-        if "con" in self.terms:
+        X0_adv, A_adv = model.G(X_t, sigma, x_adv, c_adv, d, blocks, maps_only="con" not in wanted)
+        if "con" in wanted:
             terms["con"] = contrastive_loss(X0_adv, self.X_tg, X_0, self.tau1)
             self.con_distance = mean_sq(X0_adv, X_0).detach()  # Eq. 3's hinge is active while < tau1
-        if "att" in self.terms:
+        if "att" in wanted:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
                 c_ref = self.c_src if I_ref is self.I_src else model.embed(I_ref)
                 _, A_src = model.G(X_t, sigma, model.E(I_ref, d, self.size), c_ref, d, blocks, maps_only=True)
@@ -153,13 +154,14 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False
     steps = [int((k + 0.5) * n / draws) for k in range(draws)]
     sums, I_adv = {name: 0.0 for name in factors}, I_adv.detach().requires_grad_()
     recomputing = getattr(objective.model, "saving_memory", False)  # --low-memory: a recomputing backward pass keeps
+    names = [name for name in factors if factors[name] and name in ("img", *objective.terms)]
     for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
-        values = objective(I_adv, draw := objective.draw(generator, step))
-        names = [name for name in factors if factors[name] and name in values]
-        for name in names:  # what it recomputed while the graph is kept: then a pass per term
-            if recomputing and name != names[0]:
-                del values  # the last pass's graph (what its backward did not reach), before the next pass's
-                values = objective(I_adv, draw)
+        draw = objective.draw(generator, step)
+        values = None if recomputing else objective(I_adv, draw)
+        for name in names:  # what it recomputed while the graph is kept: then a pass per term, for that term only
+            if recomputing:
+                values = None  # the last pass's graph, before the next pass's
+                values = objective(I_adv, draw, only=name)
             g, = torch.autograd.grad(values[name], I_adv, retain_graph=not recomputing and name != names[-1])
             sums[name] += g.abs_().mean().item() / len(steps)
         del values  # its graph, before the next draw's

@@ -160,3 +160,23 @@ def test_a_run_the_meta_device_cannot_rehearse_takes_the_lighter_mode(capsys):
     assert peaks == {False: None, True: None}
     assert memory_mode(peaks, GiB, 80 * GiB, 14) is True
     assert "without an estimate" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_pass_for_one_term_gives_that_terms_value_and_gradient():
+    """--low-memory's calibration makes a pass per term (Objective(..., only=name)): the same value and gradient as
+    the pass that computes every term."""
+    args = flags("tiny-cogvideox")
+    pipeline = loader(args)(torch.device("cpu"))
+    pipeline.low_memory(True)
+    I = torch.rand(1, 3, 40, 48)
+    objective = attack.Objective(pipeline, I, selected_terms(), num_frames=pipeline.num_frames, size=(32, 32),
+                                 tau1=0.5, tau2=0.5, attn_blocks=pipeline.default_attn_blocks(), sample_steps=4, seed=0)
+    I_adv = (I + 0.01 * torch.randn_like(I)).clamp(0, 1).requires_grad_()
+    draw = objective.draw(torch.Generator().manual_seed(3), 1)
+    every = objective(I_adv, draw)
+    for name in ("enc", "con", "att"):
+        expected, = torch.autograd.grad(every[name], I_adv, retain_graph=True)
+        alone = objective(I_adv, draw, only=name)
+        assert sorted(alone) == sorted(["img", name])
+        got, = torch.autograd.grad(alone[name], I_adv)
+        assert alone[name].item() == every[name].item() and torch.equal(got, expected)
