@@ -28,8 +28,8 @@ from pipelines import poses as pose_sequences
 from pipelines.prompts import RELEASE_EXAMPLE_PROMPT, RELEASE_NEGATIVE_PROMPT
 from pipelines.svd import generate, load_model
 from plumbing.cli import (FAILURE, MAX_FRAMES, check_writable, choose_threads, command, default_dtype,
-                          default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes, text_conditioned, wan_model, weights_hint,
-                          write_files)
+                          default_low_memory, fail, model_size, parse_device, pose_conditioned, refuse_clashes,
+                          text_conditioned, wan_model, weights_hint, write_files)
 from plumbing.files import inputs_of
 from plumbing.flags import sample_flags
 from plumbing.photos import encoded, model_input, read_photo, to_images, video_bytes
@@ -175,10 +175,9 @@ def sample_with_wan(args, device, dtype, rgb8, out):
     --negative-prompt; UniPC with shift 5 on the release's sigma grid; without --prompt, the release's example
     prompt (its generate.py's). The umT5 embeddings are made once and the encoder freed before sampling."""
     num_frames = args.frames or wan.FRAMES
-    if (num_frames - 1) % 4:
-        fail(f"--frames: Wan makes 4k + 1 frames ({wan.FRAMES}, 81, ...), got {num_frames}")
-    if args.height and (args.height % 32 or args.width % 32):
-        fail(f"--height and --width must be multiples of 32 for Wan, got {args.height}x{args.width}")
+    problem = wan.size_problem((args.height, args.width) if args.height else None, num_frames)  # before loading
+    if problem:
+        fail(problem)
     if args.scheduler != "ddim" or args.dynamic_guidance:
         fail("--scheduler and --dynamic-guidance are CogVideoX's; Wan samples with the release's UniPC")
     if args.prompt is None:

@@ -352,6 +352,17 @@ def generate_wan(model, image, *, prompt_embeds, negative_embeds, steps=50, guid
 
 
 # ---------------------------------------------------------------- the attack's view
+def size_problem(size, num_frames, k=4, tile=32):
+    """Why Wan cannot make `num_frames` frames at `size` (H, W), or None: its VAE makes k·n + 1 frames and latents
+    that tile into the transformer's patches every `tile` pixels (the release's: 4 and 16 x 2). size None: the
+    photo's own frame, a multiple of `tile` by construction."""
+    if num_frames < 1 or (num_frames - 1) % k:
+        return f"--frames: Wan makes {k}k + 1 frames (121, 81, ...), got {num_frames}"
+    if size is not None and (size[0] % tile or size[1] % tile or min(size) <= 0):
+        return f"--height/--width: multiples of {tile} for Wan, got {size[0]}x{size[1]}"
+    return None
+
+
 class WanPipeline:
     """Wan2.2-TI2V-5B as the pieces of Algorithm 1 (svd.py says what each piece is), with the release's pipeline
     settings: UniPC over the release's flow sigmas (shift 5), guidance 5 against its negative prompt, the photo
@@ -440,15 +451,10 @@ class WanPipeline:
         return names[len(names) // 2 - 1], names[len(names) // 2]
 
     def size_problem(self, size, num_frames):
-        """Why the networks cannot make `num_frames` frames at `size` (H, W), or None: the VAE makes 4k + 1 frames
-        and 16-pixel latents that must tile into 2x2 patches."""
-        k = self.networks.vae.config.scale_factor_temporal
-        tile = self.networks.vae.config.scale_factor_spatial * self.networks.transformer.config.patch_size[1]
-        if num_frames < 1 or (num_frames - 1) % k:
-            return f"--frames: Wan makes {k}k + 1 frames (121, 81, ...), got {num_frames}"
-        if size[0] % tile or size[1] % tile or min(size) <= 0:
-            return f"--height/--width: multiples of {tile} for Wan, got {size[0]}x{size[1]}"
-        return None
+        """Why the networks cannot make `num_frames` frames at `size` (H, W), or None (size_problem)."""
+        vae, transformer = self.networks.vae.config, self.networks.transformer.config
+        return size_problem(size, num_frames, vae.scale_factor_temporal,
+                            vae.scale_factor_spatial * transformer.patch_size[1])
 
     def low_memory(self, on):
         """Recompute each transformer block's and the VAE encoder's activations in the backward pass instead of
