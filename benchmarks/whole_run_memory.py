@@ -28,7 +28,7 @@ from model.wan import UMT5Encoder, WanTransformer, WanVAE  # noqa: E402
 from model.wan.vae import WanVAEConfig  # noqa: E402
 from pipelines import cogvideox, controlnext, loader, wan  # noqa: E402
 from plumbing.flags import attack_args  # noqa: E402
-from plumbing.memory import MARGIN, GiB, rehearsal, rehearse  # noqa: E402
+from plumbing.memory import MARGIN, GiB, fitting, rehearsal, rehearse  # noqa: E402
 from weights import SVD, skeleton  # noqa: E402
 
 CARDS = (24, 40, 80)  # GB, as the cards are sold (10^9 bytes)
@@ -84,8 +84,7 @@ def estimate(name, photo):
 
 def choice(peaks, card):
     """What attack.py picks on a card of `card` GB: its mode, or a refusal."""
-    room = (card * 1e9 - CUDA_CONTEXT) * (1 - MARGIN)
-    fits = [mode for mode in (False, True) if peaks[mode] <= room]
+    fits = fitting(peaks, card * 1e9 - CUDA_CONTEXT)
     return ("default" if not fits[0] else "`--low-memory`") if fits else "refused"
 
 

@@ -169,6 +169,11 @@ def free_memory(device):
     return torch.cuda.mem_get_info(device)[0]
 
 
+def fitting(peaks, free):
+    """The modes, lightest first, whose estimated peak fits in (1 - MARGIN) of the `free` bytes."""
+    return [mode for mode in (False, True) if peaks[mode] <= free * (1 - MARGIN)]
+
+
 def memory_mode(peaks, weights, free, frames):
     """--low-memory's value: the lightest mode whose estimated peak (rehearse) fits in (1 - MARGIN) of the `free`
     bytes, said in one line; where none fits, a refusal in one line with what would (fewer frames, fewer pixels:
@@ -178,7 +183,7 @@ def memory_mode(peaks, weights, free, frames):
               "estimate", file=sys.stderr)
         return True
     room = free * (1 - MARGIN)
-    fits = [mode for mode in (False, True) if peaks[mode] <= room]
+    fits = fitting(peaks, free)
     what = {False: "default mode", True: "--low-memory (activations recomputed in the backward pass)"}
     if fits:
         other = f"without it {peaks[False] / GiB:.1f} GiB" if fits[0] else f"with --low-memory {peaks[True] / GiB:.1f}"
