@@ -35,7 +35,7 @@ from judging.visibility import owner_view, perceptual_budget
 from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss, image_loss, mean_sq, shares,
                     total_loss)
 from pipelines import loader
-from pipelines.resize import upsampled_onto
+from pipelines.guarded import GuardedPhoto
 from pipelines.poses import read_body, read_poses
 from plumbing.cli import (MAX_FRAMES, choose_threads, command, default_dtype, json_bytes, parse_device,
                           read_flag, write_files)
@@ -64,9 +64,10 @@ class Objective:
     """
 
     def __init__(self, model, I_src, terms, *, num_frames, size, tau1, tau2, attn_blocks, sample_steps, seed,
-                 eot=(), progress=False, V_0=None):
+                 eot=(), progress=False, V_0=None, source=None):
         self.model, self.terms, self.size, self.tau1, self.tau2, self.eot = model, terms, size, tau1, tau2, eot
-        self.attn_blocks, self.I_src = attn_blocks, I_src
+        # source: I_src as the steps resize it, each resize made once (pipelines/guarded.py), or I_src itself
+        self.attn_blocks, self.I_src, self.source = attn_blocks, I_src, I_src if source is None else source
         # EOT's vae link runs the adversary's own VAE at the model's resolution
         self.vae = VAERoundTrip(model.networks.vae, size) if needs_vae(eot) else None
         # The adversary's sampler visits these noise levels; each iteration attacks one of them.
@@ -107,7 +108,7 @@ class Objective:
         model, (d, sigma, noise, T), wanted = self.model, draw, self.terms if only is None else (only,)
         terms = {"img": image_loss(I_adv, self.I_src)}
         # EOT: the adversary receives T(I_adv); A_src comes from T(I_src), so T's own effect is not the attack's
-        I_ref = self.I_src
+        I_ref = self.source
         if T is not None and T[0] is not None:
             I_adv, I_ref = (differentiable(T[0], I, torch.Generator().manual_seed(T[1]), self.vae)
                             for I in (I_adv, I_ref))
@@ -136,7 +137,7 @@ class Objective:
             self.con_distance = mean_sq(X0_adv, X_0).detach()  # Eq. 3's hinge is active while < tau1
         if "att" in wanted:
             with torch.no_grad():  # the source pass: only its maps A_src are used, so it stops after them
-                c_ref = self.c_src if I_ref is self.I_src else model.embed(I_ref)
+                c_ref = self.c_src if I_ref is self.source else model.embed(I_ref)
                 _, A_src = model.G(X_t, sigma, model.E(I_ref, d, self.size), c_ref, d, blocks, maps_only=True)
             terms["att"] = attention_loss(A_adv, A_src, self.tau2)
         return terms
@@ -228,37 +229,36 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
     delta = torch.cat([shared, own], 1)  # (1, 4, *grid)
     # Algorithm 1's own update, on I_adv at the photo's pixels, where nothing lies between delta and the photo
     per_pixel = grid == photo and budget == "flat" and chroma == 1
+    # the perturbation upsampled from the grid to the part the model sees, zero outside it and the mask; where the grid
+    guarded = GuardedPhoto(I_src, m, (top, left, h, w), grid, UPSAMPLE)  # is smaller than that part, the steps
+    lazy = grid != (h, w)  # resize the photo without making it (pipelines/guarded.py)
 
-    def applied(delta):  # the perturbation on the photo (1, 3, H0, W0): upsampled from the grid to the part the model
-        rgb = delta[:, :1] + delta[:, 1:]  # sees, zero outside it and the mask; (1, 3, *grid)
-        return (rgb if grid == photo else upsampled_onto(rgb, photo, (top, left, h, w), UPSAMPLE)) * m
+    def seen(delta, whole=False):  # I_adv (1, 3, H0, W0) in [0, 1], made whole, or lazily for the steps
+        I_adv = guarded.perturbed(delta[:, :1] + delta[:, 1:])  # (1, 3, *grid): shared plus each channel's own
+        return I_adv if lazy and not whole else I_adv.photo()
 
     if progress:
         print(f"protect: a {photo[1]}x{photo[0]} photo, attacked on a {grid[1]}x{grid[0]} grid for the model's "
               f"{size[1]}x{size[0]}: its conditioning, then V_0", file=sys.stderr)
     objective = Objective(model, I_src, terms, num_frames=num_frames or model.num_frames, size=size,
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
-                          eot=tuple(eot), progress=progress)
+                          eot=tuple(eot), progress=progress, source=guarded if lazy else None)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
-    weights, calibration = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors,
+    weights, calibration = calibrate(objective, seen(delta, whole=True), factors,
                                      progress=progress and "calibrating the weights of Eq. 4")
-    log, balance = [], []
-    bar = tqdm(range(steps), desc="protecting", disable=not progress)
+    log, balance, bar = [], [], tqdm(range(steps), desc="protecting", disable=not progress)
     for k in bar:
         if recalibrate and k and k % recalibrate == 0 or k == steps - 1:  # the terms' balance, then new weights
-            new_weights, record = calibrate(objective, (I_src + applied(delta)).clamp(0, 1), factors,
+            new_weights, record = calibrate(objective, seen(delta, whole=True), factors,
                                             progress=progress and "the terms' balance")
             balance.append(shares(k, weights, record["mean_abs_grad"]))
             weights = new_weights if recalibrate and k % recalibrate == 0 else weights
         delta = delta.detach().requires_grad_()
-        on_photo = (I_src + applied(delta)).clamp(0, 1)
-        I_adv = on_photo.detach().requires_grad_()
+        I_adv = seen(delta).detach().requires_grad_() if per_pixel else seen(delta)
         values = objective(I_adv, objective.draw(generator))
-        # Compute the final loss L (Eq. 4)
-        L = total_loss(values, weights)
-        grad, = torch.autograd.grad(L, I_adv)
-        if not per_pixel:  # back through the budget and the upsampling to the grid
-            grad, = torch.autograd.grad(on_photo, delta, grad)
+        # Compute the final loss L (Eq. 4), its gradient at the photo's pixels, or back through the budget (and the
+        L = total_loss(values, weights)  # upsampling) to the grid
+        grad, = torch.autograd.grad(L, I_adv if per_pixel else delta)
         # Update I_adv <- I_adv - lambda * grad L (or its sign), then project onto the eps-ball and [0, 1]
         with torch.no_grad():
             step = grad.sign() if update == "sign" else grad
@@ -273,7 +273,7 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
         moved = {name: f"{log[-1][name] / (log[0][name] or 1):.3g}x" for name in ("enc", "con") if name in values}
         bar.set_postfix(moved | ({"dA": f"{tau2 - log[-1]['att']:.2e}"} if "att" in values else {}))
     hinge = [s["hinge_active"] for s in log if "hinge_active" in s]
-    I_adv = (I_src + applied(delta)).clamp(0, 1)[0]
+    I_adv = seen(delta, whole=True)[0]
     return I_adv, {"weights": weights, "calibration": calibration, "balance": balance,
                    "con_hinge_active_share": sum(hinge) / len(hinge) if hinge else None, "steps": log}
 

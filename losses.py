@@ -4,6 +4,7 @@ Reduction: every squared norm ||a - b||^2 here is the MEAN of the squared differ
 elements, so a term's size does not depend on the resolution, the number of frames or heads; the
 weights alpha, beta, gamma carry the scale (attack.py sets them from the first step's values).
 """
+import torch
 
 
 def mean_sq(a, b):
@@ -12,8 +13,9 @@ def mean_sq(a, b):
 
 
 def image_loss(I_adv, I_src):
-    """The fidelity term of Eq. 4, ||I_adv - I_src||^2: keeps the guarded photo close to the source."""
-    return mean_sq(I_adv, I_src)
+    """The fidelity term of Eq. 4, ||I_adv - I_src||^2: keeps the guarded photo close to the source. A guarded photo
+    made lazily (pipelines/guarded.py) computes its own."""
+    return mean_sq(I_adv, I_src) if isinstance(I_adv, torch.Tensor) else I_adv.squared_distance()
 
 
 def encoder_loss(x_adv, x_tg):

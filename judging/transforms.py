@@ -223,7 +223,8 @@ def gaussian_blur(x, sigma):
 def differentiable(spec, I, generator=None, vae=None):
     """I (1,3,H,W) in [0,1] -> the transformed photo (1,3,H',W') in [0,1], link after link: each link's forward
     pass exactly real() of its input rounded to 8 bits (a link's output is already on the 8-bit grid), its
-    gradient that of smooth(link, ...)."""
+    gradient that of smooth(link, ...). A guarded photo made lazily (pipelines/guarded.py) is made whole first."""
+    I = I if torch.is_tensor(I) else I.photo()
     for link in links(spec):
         I = differentiable_link(link, I, generator, vae)
     return I

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from model import PoseEncoder, PoseEncoderConfig
 from model.edm import denoise, euler_step, karras_sigmas, precondition
 from pipelines.poses import release_crop_box
+from pipelines.resize import interpolation_rows, separable
 from pipelines.svd import (SVDPipeline, added_time_ids, box_in_photo, decode, image_conditioning,
                            seeded_generator)
 from plumbing.reading import read_json
@@ -108,6 +109,9 @@ def release_crop(I, size):
     with its aspect ratio kept to cover size = (H, W), bilinear without antialiasing (torchvision's resize of a
     tensor with antialias=None), then its centre cropped (poses.release_crop_box). Differentiable."""
     resized_height, resized_width, top, left = release_crop_box(*I.shape[-2:], *size)
+    if not torch.is_tensor(I):  # a guarded photo made lazily (pipelines/guarded.py): the same map, as two matrices
+        return separable(I, interpolation_rows(I.shape[-2], resized_height, top, size[0], "bilinear"),
+                         interpolation_rows(I.shape[-1], resized_width, left, size[1], "bilinear"))
     if (resized_height, resized_width) != tuple(I.shape[-2:]):
         I = F.interpolate(I, size=(resized_height, resized_width), mode="bilinear", align_corners=False)
     return I[..., top:top + size[0], left:left + size[1]]

@@ -61,12 +61,23 @@ def clip_matrix(n, m):
 
 
 @lru_cache(maxsize=64)
+def interpolation_matrix(n, m, mode):
+    """(m, n): F.interpolate's `mode` resize (align_corners False, no antialiasing) of n samples to m."""
+    return jacobian(lambda v: F.interpolate(v, size=(v.shape[-2], m), mode=mode, align_corners=False), n, m)
+
+
+@lru_cache(maxsize=64)
+def interpolation_rows(n, m, start, count, mode):
+    """Rows start ... start + count - 1 of interpolation_matrix(n, m, mode): what a crop keeps of the resize."""
+    return interpolation_matrix(n, m, mode)[start:start + count].clone()
+
+
+@lru_cache(maxsize=64)
 def placed_matrix(n, m, offset, total, mode):
-    """(total, n): F.interpolate's `mode` resize (align_corners False) of n samples to m, placed at offset ...
-    offset + m - 1 of `total` samples, zero elsewhere: a working grid spread over the part of a photo a model sees."""
+    """(total, n): interpolation_matrix(n, m, mode) placed at offset ... offset + m - 1 of `total` samples, zero
+    elsewhere: a working grid spread over the part of a photo a model sees."""
     placed = torch.zeros(total, n, dtype=torch.float64)
-    placed[offset:offset + m] = jacobian(lambda v: F.interpolate(v, size=(v.shape[-2], m), mode=mode,
-                                                                 align_corners=False), n, m)
+    placed[offset:offset + m] = interpolation_matrix(n, m, mode)
     return placed
 
 
@@ -75,18 +86,22 @@ def bands(matrix):
     """[(rows, first input, end input)]: a (m, n) matrix's rows in consecutive blocks, each with the inputs it reads;
     a block grows while what it reads stays within twice the widest row's reach, so that little of each product
     multiplies zeros."""
-    reach = [(int(read[0]), int(read[-1]) + 1) if len(read) else None  # a zero row reads nothing
-             for read in (row.nonzero().flatten() for row in matrix)]
+    return blocks([(int(read[0]), int(read[-1]) + 1) if len(read) else None  # a zero row reads nothing
+                   for read in (row.nonzero().flatten() for row in matrix)])
+
+
+def blocks(reach):
+    """bands() of the rows whose reaches are `reach`: each (first input, end input), or None for a row of zeros."""
     widest = max((end - first for first, end in filter(None, reach)), default=0)
-    blocks, start, band = [], 0, None  # band: (first, end) of what the block so far reads
+    found, start, band = [], 0, None  # band: (first, end) of what the block so far reads
     for k, row in enumerate(reach):
         joined = row if band is None else band if row is None else (min(band[0], row[0]), max(band[1], row[1]))
         if band is not None and joined[1] - joined[0] > 2 * widest:  # the block would read too much: close it
-            blocks.append((slice(start, k), *band))
+            found.append((slice(start, k), *band))
             start, joined = k, row
         band = joined
-    blocks.append((slice(start, len(reach)), *(band or (0, 0))))
-    return blocks
+    found.append((slice(start, len(reach)), *(band or (0, 0))))
+    return found
 
 
 @lru_cache(maxsize=128)
@@ -105,10 +120,16 @@ def banded(matrix, x):
     """matrix (m, n) (float64, on the CPU, where its bands are found) @ x (..., n, k) -> (..., m, k) in x's dtype on
     its device, each block of the matrix's rows (bands) multiplied with the rows of x it reads only: contiguous
     slices of x, each product written in its place in the output."""
-    on_x = cast(matrix, x.dtype, x.device)
-    out = x.new_empty(*x.shape[:-2], matrix.shape[0], x.shape[-1])  # (..., m, k)
-    for rows, a, b in bands(matrix):
-        torch.matmul(on_x[rows, a:b], x[..., a:b, :], out=out[..., rows, :])
+    return product(cast(matrix, x.dtype, x.device), bands(matrix), x)
+
+
+def product(on_x, blocks, x):
+    """on_x (m, n) @ x (..., n, k) -> (..., m, k), by the blocks of rows of `bands`. Each block's product is made,
+    then copied into place: a product written into a strided slice makes its own copy where no one counts it
+    (plumbing/memory.py)."""
+    out = x.new_empty(*x.shape[:-2], on_x.shape[0], x.shape[-1])  # (..., m, k)
+    for rows, a, b in blocks:
+        out[..., rows, :] = on_x[rows, a:b] @ x[..., a:b, :]
     return out
 
 
@@ -132,9 +153,11 @@ def left(matrix, x):
 
 def separable(x, rows, columns):
     """(N,C,H0,W0) -> (N,C,h,w): rows (h, H0) applied along the height and columns (w, W0) along the width, in x's
-    dtype. The height first, whose bands are whole rows of x in memory; the width then by bands of the (small)
+    dtype; a guarded photo made lazily (pipelines/guarded.py) resizes itself. The height first, whose bands are whole rows of x in memory; the width then by bands of the (small)
     transposed result where it shrinks, as one product where it grows (an upsampling, whose output is then laid out
     as the photo is)."""
+    if not torch.is_tensor(x):
+        return x.resized(rows, columns)
     x = left(rows, x)  # (N, C, h, W0)
     if columns.shape[0] > columns.shape[1]:
         return x @ cast(transposed(columns), x.dtype, x.device)  # (N, C, h, w)

@@ -270,7 +270,8 @@ class SVDPipeline:
     def E(self, I, d, size):
         """x = E(I): the VAE latents the pipeline concatenates to the UNet input, unscaled posterior means
         of the noise-augmented photo (1,4,H/8,W/8)."""
-        return image_latents(self.networks.vae, to_model_input(I, size), self.noise_aug, d.to(I))
+        x = to_model_input(I, size)  # (1, 3, H, W) in [-1, 1]
+        return image_latents(self.networks.vae, x, self.noise_aug, d.to(x))
 
     def embed(self, I):
         """The CLIP image embedding (1,1,D) of the photo at its own size: resized for CLIP first, which is linear and

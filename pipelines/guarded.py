@@ -1,0 +1,122 @@
+"""A guarded photo larger than the model's input as the attack's steps see it, never made at the photo's size.
+
+The attack's steps live on a working grid (attack.protect): I_adv = I_src + m * U(delta), with delta (3, g_h, g_w)
+on the grid, U its bilinear upsampling onto the part of the photo the model sees (U_h delta U_w^T, zero elsewhere)
+and m (H0, W0) each pixel's share of the budget. Every resize a pipeline takes of a photo is linear, R_h I R_w^T
+(pipelines/resize.py), so
+
+    R(I_adv) = R(I_src) + K(delta),   K(delta)[i, j] = sum over a, b of K[i, a, j, b] delta[a, b]
+
+with R(I_src) made once and K[i, a, j, b] = sum over y, x of (R_h U_h)[i, y, a] m[y, x] (R_w U_w)[j, x, b] made once
+per resize. K is banded: an output sample reads a few grid samples (those within the resize's kernel), so each
+step costs what the model's size costs, not what the photo's does. The fidelity term ||I_adv - I_src||^2 is a
+quadratic form of the same kind, with U^T in R's place and m^2 in m's.
+
+What the steps leave out: the clamp to [0, 1]. The saved photo is clamped (attack.protect); the steps see
+I_src + m * U(delta), which differs from it only where a pixel lies within m eps of black or white, and pushed
+outwards. Steps that held the clamp would read the whole photo every time (docs/full-size.md). A transformation of
+the whole photo (EOT) gets the photo made whole (photo()), clamped.
+"""
+import torch
+
+from pipelines.resize import blocks, cast, placed_matrix, product, separable, transposed, upsampled_onto
+
+
+def reach(M):
+    """(first, last) nonzero column of each row of M (n, m); (m, -1) for a row of zeros."""
+    nonzero = M != 0
+    first = torch.where(nonzero.any(1), nonzero.byte().argmax(1), M.shape[1])
+    last = torch.where(nonzero.any(1), M.shape[1] - 1 - nonzero.flip(1).byte().argmax(1), -1)
+    return first, last
+
+
+def coupled(R, U, like):
+    """R (n, N) and U (N, g), float64 on the CPU -> (A (n k, N) in like's dtype on its device, its bands, first (n,)):
+    A[i k + t, y] = R[i, y] U[y, first[i] + t], for the k consecutive grid samples first[i] ... first[i] + k - 1
+    output i reads through R U (k: the most any reads). Both are resizes, whose rows read consecutive samples that
+    move on with the row; row i k + t reads within row i of R."""
+    (y_first, y_last), (a_first, a_last) = reach(R), reach(U)
+    first, last = torch.zeros(len(R), dtype=torch.long), torch.zeros(len(R), dtype=torch.long)
+    for i in range(len(R)):  # the grid samples the photo's rows y_first[i] ... y_last[i] read
+        first[i] = a_first[y_first[i]:y_last[i] + 1].min() if y_last[i] >= 0 else 0
+        last[i] = max(int(a_last[y_first[i]:y_last[i] + 1].max()), int(first[i])) if y_last[i] >= 0 else 0
+    k = int((last - first).max()) + 1
+    first = first.clamp(max=U.shape[1] - k)  # a window of k within the grid; what it holds beyond a row's reach is 0
+    columns = (first[:, None] + torch.arange(k)).flatten()  # (n k,)
+    A = cast(R, like.dtype, like.device).repeat_interleave(k, 0) * cast(U, like.dtype, like.device).T[columns]
+    rows = [(int(a), int(b) + 1) if b >= 0 else None for a, b in zip(y_first, y_last)]
+    return A, blocks([row for row in rows for _ in range(k)]), first, k
+
+
+def banded_operator(R_h, U_h, m, R_w, U_w):
+    """K (n_h, k_h, n_w, k_w) = sum over y, x of (R_h U_h)[i, y, a] m[y, x] (R_w U_w)[j, x, b] for a = first_h[i] +
+    t, b = first_w[j] + s, in m's dtype on its device, with first_h, first_w: two banded products."""
+    (A_h, by_h, first_h, k_h), (A_w, by_w, first_w, k_w) = coupled(R_h, U_h, m), coupled(R_w, U_w, m)
+    T = product(A_h, by_h, m)  # (n_h k_h, W0)
+    K = product(A_w, by_w, T.T.contiguous())  # (n_w k_w, n_h k_h)
+    return K.T.reshape(len(R_h), k_h, len(R_w), k_w), first_h, first_w
+
+
+def apply(K, first_h, first_w, delta):
+    """K(delta): K (n_h, k_h, n_w, k_w), delta (C, g_h, g_w) -> (C, n_h, n_w). The windows are read as views and
+    index_select, whose gradient adds rows back (an advanced index's would sort copies of its indices)."""
+    n_h, k_h, n_w, k_w = K.shape
+    windows = delta.unfold(1, k_h, 1).index_select(1, first_h.to(delta.device))  # (C, n_h, g_w, k_h)
+    windows = windows.unfold(2, k_w, 1).index_select(2, first_w.to(delta.device))  # (C, n_h, n_w, k_h, k_w)
+    return torch.einsum("itjs,cijts->cij", K, windows)
+
+
+class GuardedPhoto:
+    """I_src (1,3,H0,W0) with the perturbation m * U(delta) for a grid delta (1,3,g_h,g_w) (perturbed(delta)), or with
+    none: what separable() makes of it is its resize, R(I_src) + K(delta) (the module's docstring); photo() makes it
+    whole. share: m (1,1,H0,W0); box: (top, left, height, width) the grid covers; mode: U's interpolation."""
+
+    def __init__(self, I_src, share, box, grid, mode):
+        self.I_src, self.share, self.box, self.grid, self.mode = I_src, share, box, grid, mode
+        self.shape, self.dtype, self.device = I_src.shape, I_src.dtype, I_src.device
+        self.delta, self.made = None, {}  # made: per resize, its matrices (held, so that their ids stay theirs) and
+        top, left, height, width = box  # what is made once of them
+        self.U_h = placed_matrix(grid[0], height, top, self.shape[-2], mode)  # (H0, g_h)
+        self.U_w = placed_matrix(grid[1], width, left, self.shape[-1], mode)  # (W0, g_w)
+
+    def perturbed(self, delta):
+        """The photo with the perturbation of grid delta (1,3,g_h,g_w), sharing what is made of its resizes."""
+        guarded = object.__new__(GuardedPhoto)
+        guarded.__dict__.update(self.__dict__, delta=delta)
+        return guarded
+
+    def operator(self, key, R_h, R_w, share):
+        """(K, first_h, first_w) for the resize R_h, R_w of the perturbation, made once."""
+        if key not in self.made:
+            with torch.no_grad():
+                self.made[key] = (R_h, R_w), banded_operator(R_h, self.U_h, share[0, 0], R_w, self.U_w)
+        return self.made[key][1]
+
+    def resized(self, rows, columns):
+        """separable(photo, rows, columns), (1,3,h,w): the source's resize, made once, and the perturbation's."""
+        key = ("source", id(rows), id(columns))
+        if key not in self.made:
+            with torch.no_grad():
+                self.made[key] = (rows, columns), separable(self.I_src, rows, columns)
+        source = self.made[key][1]
+        if self.delta is None:
+            return source
+        K, first_h, first_w = self.operator(("K", id(rows), id(columns)), rows, columns, self.share)
+        return source + apply(K, first_h, first_w, self.delta[0].to(K))[None].to(source)
+
+    def squared_distance(self):
+        """||I_adv - I_src||^2, the mean over the photo's elements: sum over channels of <delta, G(delta)>, G = U^T m^2 U
+        the perturbation's Gram operator."""
+        if self.delta is None:
+            return self.I_src.new_zeros(())
+        G, first_h, first_w = self.operator("gram", transposed(self.U_h), transposed(self.U_w), self.share ** 2)
+        delta = self.delta[0].to(G)
+        return (delta * apply(G, first_h, first_w, delta)).sum() / self.I_src.numel()
+
+    def photo(self):
+        """(1,3,H0,W0): the photo made whole, clamped to [0, 1], as attack.protect saves it."""
+        if self.delta is None:
+            return self.I_src
+        on_box = self.delta if self.grid == tuple(self.shape[-2:]) else upsampled_onto(self.delta, self.shape[-2:],
+                                                                                       self.box, self.mode)
+        return (self.I_src + on_box * self.share).clamp(0, 1)
