@@ -297,13 +297,13 @@ def protect_file(model, photo, out, mask, args, terms, inputs_sha256=None):
                                  **protect_settings(args, terms, size), progress=True)
         guarded8 = quantise(rgb8, I_adv, args.eps, mask)
     print("measuring what the guard costs the photo (PSNR, SSIM, CIEDE2000, as a screen shows it)", file=sys.stderr)
-    a, b = rgb8.float() / 255, guarded8.float() / 255
+    levels, I_adv = (rgb8.short() - guarded8.short()).abs(), None  # the 8-bit photos only from here on: no float copy
     report = {
         "input": str(photo), "output": str(out), "model": model.source, "untrained_model": model.untrained,
         "method": args.method, "terms": list(terms) if args.method == "i2vguard" else None, "seed": args.seed,
         "settings": report_settings(args), "inputs_sha256": inputs_sha256, "model_size": list(size),
-        **owner_view(rgb8, guarded8), "linf": (a - b).abs().max().item(),
-        "linf_8bit_levels": int((rgb8.int() - guarded8.int()).abs().max()), "l2": (a - b).norm().item(),
+        **owner_view(rgb8, guarded8), "linf": levels.max().item() / 255, "linf_8bit_levels": int(levels.max()),
+        "l2": levels.int().pow(2).sum(dtype=torch.int64).item() ** 0.5 / 255,
         **usage, **history,
     }
     files = {out: png_bytes(guarded8, alpha, icc)}

@@ -18,7 +18,8 @@ Algorithm 1 (P, E, S, G: see pipelines/svd.py for what each piece is).
 Each model's file holds its pipeline as those pieces together with its own sampler (SVD's also holds
 the conditioning that ControlNeXt reuses); poses.py draws ControlNeXt's pose sequences, tokenizer.py
 is the T5 and umT5 tokenizer, prompts.py holds Wan's prompts and their cleaning, wan_photo.py how its release
-frames a photo, and resize.py the resizes of a photo of any size as matrix products. May import: torch, the run-time
+frames a photo, resize.py the resizes of a photo of any size as matrix products, and guarded.py a guarded photo
+larger than the model as the attack's steps resize it without making it. May import: torch, the run-time
 packages, model/, weights.py and plumbing/.
 Nothing here imports the judging or a command.
 """

@@ -105,8 +105,8 @@ class GuardedPhoto:
         return source + apply(K, first_h, first_w, self.delta[0].to(K))[None].to(source)
 
     def squared_distance(self):
-        """||I_adv - I_src||^2, the mean over the photo's elements: sum over channels of <delta, G(delta)>, G = U^T m^2 U
-        the perturbation's Gram operator."""
+        """||I_adv - I_src||^2, the mean over the photo's elements: the sum over channels of <delta, G(delta)>, with
+        G = U^T m^2 U the perturbation's Gram operator."""
         if self.delta is None:
             return self.I_src.new_zeros(())
         G, first_h, first_w = self.operator("gram", transposed(self.U_h), transposed(self.U_w), self.share ** 2)

@@ -153,9 +153,9 @@ def left(matrix, x):
 
 def separable(x, rows, columns):
     """(N,C,H0,W0) -> (N,C,h,w): rows (h, H0) applied along the height and columns (w, W0) along the width, in x's
-    dtype; a guarded photo made lazily (pipelines/guarded.py) resizes itself. The height first, whose bands are whole rows of x in memory; the width then by bands of the (small)
-    transposed result where it shrinks, as one product where it grows (an upsampling, whose output is then laid out
-    as the photo is)."""
+    dtype; a guarded photo made lazily (pipelines/guarded.py) resizes itself. The height first, whose bands are whole
+    rows of x in memory; the width then by bands of the (small) transposed result where it shrinks, as one product
+    where it grows (an upsampling, whose output is then laid out as the photo is)."""
     if not torch.is_tensor(x):
         return x.resized(rows, columns)
     x = left(rows, x)  # (N, C, h, W0)
