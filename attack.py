@@ -35,7 +35,7 @@ from judging.visibility import owner_view, perceptual_budget
 from losses import (attention_loss, check_finite, contrastive_loss, encoder_loss, image_loss, mean_sq, shares,
                     total_loss)
 from pipelines import loader
-from pipelines.guarded import GuardedPhoto
+from pipelines.guarded import GuardedPhoto, leaf, mean_abs_gradient
 from pipelines.poses import read_body, read_poses
 from plumbing.cli import (MAX_FRAMES, choose_threads, command, default_dtype, json_bytes, parse_device,
                           read_flag, write_files)
@@ -153,18 +153,17 @@ def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False
     generator, n = torch.Generator().manual_seed(CALIBRATION_SEED), len(objective.sigmas)
     draws = min(draws, n)  # a schedule shorter than the draws: each of its levels once
     steps = [int((k + 0.5) * n / draws) for k in range(draws)]
-    sums, I_adv = {name: 0.0 for name in factors}, I_adv.detach().requires_grad_()
+    sums = {name: 0.0 for name in factors}
     recomputing = getattr(objective.model, "saving_memory", False)  # --low-memory: a recomputing backward pass keeps
     names = [name for name in factors if factors[name] and name in ("img", *objective.terms)]
     for step in tqdm(steps, desc=progress or "", disable=not progress, leave=False):
-        draw = objective.draw(generator, step)
-        values = None if recomputing else objective(I_adv, draw)
+        draw, I = objective.draw(generator, step), leaf(I_adv)  # I: the gradient's leaf (pipelines/guarded.py)
+        values = None if recomputing else objective(I, draw)
         for name in names:  # what it recomputed while the graph is kept: then a pass per term, for that term only
             if recomputing:
-                values = None  # the last pass's graph, before the next pass's
-                values = objective(I_adv, draw, only=name)
-            g, = torch.autograd.grad(values[name], I_adv, retain_graph=not recomputing and name != names[-1])
-            sums[name] += g.abs_().mean().item() / len(steps)
+                values, I = None, leaf(I_adv)  # the last pass's graph, before the next pass's
+                values = objective(I, draw, only=name)
+            sums[name] += mean_abs_gradient(values[name], I, not recomputing and name != names[-1]) / len(steps)
         del values  # its graph, before the next draw's
     weights = {name: factors[name] / sums[name] if sums[name] > 0 else 0.0 for name in factors}
     record = {"sigmas": [objective.sigmas[k] for k in steps], "seed": CALIBRATION_SEED, "mean_abs_grad": sums}
@@ -244,12 +243,12 @@ def protect(model, I_src, *, method="i2vguard", terms=TERMS, mask=None, eps=8 / 
                           tau1=tau1, tau2=tau2, attn_blocks=attn_blocks, sample_steps=sample_steps, seed=seed,
                           eot=tuple(eot), progress=progress, source=guarded if lazy else None)
     factors = {"img": fidelity, "enc": alpha, "con": beta, "att": gamma}
-    weights, calibration = calibrate(objective, seen(delta, whole=True), factors,
+    weights, calibration = calibrate(objective, seen(delta, whole=bool(eot)), factors,
                                      progress=progress and "calibrating the weights of Eq. 4")
     log, balance, bar = [], [], tqdm(range(steps), desc="protecting", disable=not progress)
     for k in bar:
         if recalibrate and k and k % recalibrate == 0 or k == steps - 1:  # the terms' balance, then new weights
-            new_weights, record = calibrate(objective, seen(delta, whole=True), factors,
+            new_weights, record = calibrate(objective, seen(delta, whole=bool(eot)), factors,
                                             progress=progress and "the terms' balance")
             balance.append(shares(k, weights, record["mean_abs_grad"]))
             weights = new_weights if recalibrate and k % recalibrate == 0 else weights

@@ -8,14 +8,19 @@ import torch
 import torch.nn.functional as F
 
 
-def psnr(a, b):
+def psnr(a, b, rows=256):
     """Peak signal-to-noise ratio in dB for data range 1 (inf for identical images); uint8 images are levels / 255,
-    their squared differences summed exactly as integers."""
+    their squared differences summed exactly as integers, `rows` rows at a time."""
     if a.dtype == b.dtype == torch.uint8:
-        mse = (a.int() - b.int()).pow(2).sum(dtype=torch.int64).item() / a.numel() / 255**2
+        squares = sum((a[..., r:r + rows, :].int() - b[..., r:r + rows, :].int()).pow(2).sum(dtype=torch.int64).item()
+                      for r in range(0, a.shape[-2], rows))
+        mse = squares / a.numel() / 255**2
     else:
         mse = (a.double() - b.double()).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+BLOCK = 32  # the columns of one block of SSIM's blur
 
 
 def gaussian_window(sigma=1.5, truncate=3.5):
@@ -25,29 +30,43 @@ def gaussian_window(sigma=1.5, truncate=3.5):
     return g / g.sum()
 
 
-def ssim(a, b, sigma=1.5, rows=256):
+def window_matrix(g, n):
+    """(n, n + len(g) - 1) float64: row j holds the window g at columns j ... j + len(g) - 1, so that window @ x is
+    the 'valid' convolution of x's first axis with g."""
+    M = torch.zeros(n, n + len(g) - 1, dtype=torch.float64)
+    for j in range(n):
+        M[j, j:j + len(g)] = g
+    return M
+
+
+def ssim(a, b, sigma=1.5, rows=32):
     """Mean structural similarity, data range 1: 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
     population covariances, averaged over the pixels whose window lies inside the image and over channels.
     Images must be at least 11 pixels on each side; uint8 images are levels / 255. Computed `rows` rows of windows
     at a time (each strip with the 10 rows its windows reach below), so a photo of many megapixels needs little
-    memory."""
+    memory; each blur is two products with a window matrix, by blocks of BLOCK columns (float64 matrix products:
+    several times faster than 11 shifted sums per axis, the same numbers)."""
     g = gaussian_window(sigma)
-    reach = 2 * (len(g) // 2)  # the rows and columns a window adds to its centre's: 10
+    reach = len(g) - 1  # the rows and columns a window adds to its centre's: 10
+    height, width = a.shape[-2] - reach, a.shape[-1] - reach  # of the 'valid' region
+    down, across = window_matrix(g, min(rows, height)), window_matrix(g, min(BLOCK, width))
+    blocks = -(-width // len(across))
 
-    def blur(x):  # separable Gaussian, 'valid' region only, as weighted sums of shifted views (a float64
-        w = x.shape[-1] - reach  # convolution with a 1-D kernel is several times slower): (C,1,h,W) -> (C,1,h-10,W-10)
-        x = sum(weight * x[..., k:k + w] for k, weight in enumerate(g.tolist()))
+    def blur(x):  # separable Gaussian, 'valid' region only: (Q, C, h + 10, W) -> (Q, C, h, W - 10)
         h = x.shape[-2] - reach
-        return sum(weight * x[..., k:k + h, :] for k, weight in enumerate(g.tolist()))
+        x = down[:h, :h + reach] @ x  # (Q, C, h, W)
+        x = F.pad(x, (0, blocks * len(across) + reach - x.shape[-1]))  # whole blocks of columns
+        x = x.unfold(-1, across.shape[1], len(across)) @ across.T  # (Q, C, h, blocks, BLOCK)
+        return x.flatten(-2)[..., :width]
 
-    def level(x):  # (C, h, W) -> (C, 1, h, W) float64 in [0, 1]
-        return (x.double() / 255 if x.dtype == torch.uint8 else x.double()).unsqueeze(1)
+    def level(x):  # (C, h, W) -> (C, h, W) float64 in [0, 1]
+        return x.double() / 255 if x.dtype == torch.uint8 else x.double()
 
     total, count = 0.0, 0
-    for top in range(0, a.shape[-2] - reach, rows):
+    for top in range(0, height, rows):
         x, y = level(a[..., top:top + rows + reach, :]), level(b[..., top:top + rows + reach, :])
-        mx, my = blur(x), blur(y)
-        vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        mx, my, xx, yy, xy = blur(torch.stack([x, y, x * x, y * y, x * y]))  # each (C, h, W - 10)
+        vx, vy, cxy = xx - mx**2, yy - my**2, xy - mx * my
         c1, c2 = 0.01**2, 0.03**2
         s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
         total, count = total + s.sum().item(), count + s.numel()

@@ -65,12 +65,14 @@ def ciede2000(lab1, lab2):
     return torch.sqrt((dL / S_L) ** 2 + (dC / S_C) ** 2 + (dH / S_H) ** 2 + R_T * (dC / S_C) * (dH / S_H))
 
 
-def colour_difference(a8, b8, rows=256):
+def colour_difference(a8, b8, rows=64):
     """CIEDE2000 between two uint8 photos (3,H,W): (mean, 95th percentile) over the pixels, a band of rows at
-    a time so that a large photo needs little memory."""
-    per_pixel = torch.cat([ciede2000(lab(a8[:, r:r + rows] / 255), lab(b8[:, r:r + rows] / 255)).flatten()
-                           for r in range(0, a8.shape[1], rows)])
-    return per_pixel.mean().item(), float(np.percentile(per_pixel.numpy(), 95))
+    a time into one array of the differences, so that a large photo needs little more memory than that array."""
+    per_pixel = torch.empty(a8.shape[-2:], dtype=torch.float64)  # (H, W)
+    for r in range(0, a8.shape[1], rows):
+        per_pixel[r:r + rows] = ciede2000(lab(a8[:, r:r + rows] / 255), lab(b8[:, r:r + rows] / 255))
+    mean = per_pixel.mean().item()
+    return mean, float(np.percentile(per_pixel.view(-1).numpy(), 95, overwrite_input=True))
 
 
 def display_view(image8, side=DISPLAY_SIDE):

@@ -17,9 +17,13 @@ I_src + m * U(delta), which differs from it only where a pixel lies within m eps
 outwards. Steps that held the clamp would read the whole photo every time (docs/full-size.md). A transformation of
 the whole photo (EOT) gets the photo made whole (photo()), clamped.
 """
+from functools import lru_cache
+
 import torch
 
 from pipelines.resize import blocks, cast, placed_matrix, product, separable, transposed, upsampled_onto
+
+STRIP = 128  # the photo's rows of one strip of the gradient at its pixels (GuardedPhoto.mean_abs_gradient)
 
 
 def reach(M):
@@ -66,6 +70,25 @@ def apply(K, first_h, first_w, delta):
     return torch.einsum("itjs,cijts->cij", K, windows)
 
 
+def leaf(I):
+    """I_adv as the leaf of a gradient taken at its pixels (mean_abs_gradient): a photo tensor, or one made lazily,
+    probed."""
+    return I.detach().requires_grad_() if torch.is_tensor(I) else I.probed()
+
+
+def mean_abs_gradient(value, I, retain_graph=False):
+    """The mean over the photo's elements of |d value / d I| at its pixels, for I from leaf()."""
+    if torch.is_tensor(I):
+        return torch.autograd.grad(value, I, retain_graph=retain_graph)[0].abs_().mean().item()
+    return I.mean_abs_gradient(value, retain_graph)
+
+
+@lru_cache(maxsize=64)
+def row_reach(matrix):
+    """reach() of a cached matrix, made once."""
+    return reach(matrix)
+
+
 class GuardedPhoto:
     """I_src (1,3,H0,W0) with the perturbation m * U(delta) for a grid delta (1,3,g_h,g_w) (perturbed(delta)), or with
     none: what separable() makes of it is its resize, R(I_src) + K(delta) (the module's docstring); photo() makes it
@@ -74,8 +97,8 @@ class GuardedPhoto:
     def __init__(self, I_src, share, box, grid, mode):
         self.I_src, self.share, self.box, self.grid, self.mode = I_src, share, box, grid, mode
         self.shape, self.dtype, self.device = I_src.shape, I_src.dtype, I_src.device
-        self.delta, self.made = None, {}  # made: per resize, its matrices (held, so that their ids stay theirs) and
-        top, left, height, width = box  # what is made once of them
+        self.delta, self.made, self.resizes = None, {}, None  # made: per resize, its matrices (held, so that their
+        top, left, height, width = box  # ids stay theirs) and what is made once of them; resizes: probed()'s
         self.U_h = placed_matrix(grid[0], height, top, self.shape[-2], mode)  # (H0, g_h)
         self.U_w = placed_matrix(grid[1], width, left, self.shape[-1], mode)  # (W0, g_w)
 
@@ -84,6 +107,37 @@ class GuardedPhoto:
         guarded = object.__new__(GuardedPhoto)
         guarded.__dict__.update(self.__dict__, delta=delta)
         return guarded
+
+    def probed(self):
+        """This photo as the leaf of a gradient taken at its pixels (pixel_gradient): each resize made of it is
+        recorded, a tensor of its own that the gradient reaches."""
+        probe = self.perturbed(self.delta)
+        probe.resizes = []
+        return probe
+
+    def mean_abs_gradient(self, value, retain_graph=False, strip=STRIP):
+        """mean |d value / d I_adv| over the photo's elements, for a value made of a probed() photo's resizes. The
+        gradient at the photo's pixels is the sum over them of R_h^T (d value / d R(I_adv)) R_w, and the fidelity
+        term's (recorded with rows None) 2 (I_adv - I_src) / N. It is made `strip` rows at a time, each strip of R_h^T
+        times the band of rows of (d value / d R(I_adv)) R_w it reads: never at the photo's size."""
+        grads = torch.autograd.grad(value, [made for _, _, made in self.resizes], retain_graph=retain_graph,
+                                    allow_unused=True)
+        read = [(cast(transposed(rows), G.dtype, G.device), row_reach(transposed(rows)), G @ cast(columns, G.dtype,
+                 G.device)) for (rows, columns, _), G in zip(self.resizes, grads) if G is not None and rows is not None]
+        fidelity = [2 * G / self.I_src.numel() for (rows, _, _), G in zip(self.resizes, grads)
+                    if G is not None and rows is None]
+        photo = self.photo() if fidelity else None
+        total = 0.0
+        for top in range(0, self.shape[-2], strip):
+            part = self.I_src.new_zeros(*self.shape[:-2], min(strip, self.shape[-2] - top), self.shape[-1])
+            for R_t, (first, last), X in read:  # R_t (H0, n_h): R_h^T; X (1, 3, n_h, W0)
+                a, b = int(first[top:top + strip].min()), int(last[top:top + strip].max()) + 1
+                if a < b:
+                    part += R_t[top:top + strip, a:b] @ X[..., a:b, :]
+            for c in fidelity:
+                part += c * (photo[..., top:top + strip, :] - self.I_src[..., top:top + strip, :])
+            total += part.abs_().sum().item()
+        return total / self.I_src.numel()
 
     def operator(self, key, R_h, R_w, share):
         """(K, first_h, first_w) for the resize R_h, R_w of the perturbation, made once."""
@@ -102,7 +156,14 @@ class GuardedPhoto:
         if self.delta is None:
             return source
         K, first_h, first_w = self.operator(("K", id(rows), id(columns)), rows, columns, self.share)
-        return source + apply(K, first_h, first_w, self.delta[0].to(K))[None].to(source)
+        resized = source + apply(K, first_h, first_w, self.delta[0].to(K))[None].to(source)
+        return resized if self.resizes is None else self.recorded(rows, columns, resized)
+
+    def recorded(self, rows, columns, made):
+        """made (a resize of a probed photo, or its fidelity term: rows None) as a leaf of its own, recorded."""
+        made = made.detach().requires_grad_()
+        self.resizes.append((rows, columns, made))
+        return made
 
     def squared_distance(self):
         """||I_adv - I_src||^2, the mean over the photo's elements: the sum over channels of <delta, G(delta)>, with
@@ -111,7 +172,8 @@ class GuardedPhoto:
             return self.I_src.new_zeros(())
         G, first_h, first_w = self.operator("gram", transposed(self.U_h), transposed(self.U_w), self.share ** 2)
         delta = self.delta[0].to(G)
-        return (delta * apply(G, first_h, first_w, delta)).sum() / self.I_src.numel()
+        distance = (delta * apply(G, first_h, first_w, delta)).sum() / self.I_src.numel()
+        return distance if self.resizes is None else self.recorded(None, None, distance)
 
     def photo(self):
         """(1,3,H0,W0): the photo made whole, clamped to [0, 1], as attack.protect saves it."""
