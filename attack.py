@@ -145,10 +145,10 @@ class Objective:
 
 def calibrate(objective, I_adv, factors, draws=CALIBRATION_DRAWS, progress=False):
     """The weights of Eq. 4, so that the terms act on a similar scale (paper Sec. 4.1) whatever their units: each
-    term's factor divided by the mean |gradient| of that term with respect to I_adv, averaged over `draws` fixed
-    draws, one from the middle of each equal stratum of the adversary's schedule (the gradient of L_con alone spans a
-    factor of hundreds across it). The draws come from their own seeded generator, so the weights depend on the
-    photo and its start only. progress: a progress bar's label, or False.
+    term's factor divided by the mean |gradient| of that term at I_adv's pixels (I_adv a photo, or one made lazily:
+    pipelines/guarded.py), averaged over `draws` fixed draws, one from the middle of each equal stratum of the
+    adversary's schedule (the gradient of L_con alone spans a factor of hundreds across it). The draws come from their
+    own seeded generator, so the weights depend on the photo and its start only. progress: a bar's label, or False.
     Returns (weights {term: weight}, a record of how they were made)."""
     generator, n = torch.Generator().manual_seed(CALIBRATION_SEED), len(objective.sigmas)
     draws = min(draws, n)  # a schedule shorter than the draws: each of its levels once

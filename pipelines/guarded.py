@@ -16,6 +16,10 @@ What the steps leave out: the clamp to [0, 1]. The saved photo is clamped (attac
 I_src + m * U(delta), which differs from it only where a pixel lies within m eps of black or white, and pushed
 outwards. Steps that held the clamp would read the whole photo every time (docs/full-size.md). A transformation of
 the whole photo (EOT) gets the photo made whole (photo()), clamped.
+
+The calibration of Eq. 4's weights needs each term's mean |gradient| at the photo's pixels. That gradient is the sum
+over the resizes of R_h^T (d L / d R(I_adv)) R_w: a probed() photo records its resizes, and mean_abs_gradient spreads
+their gradients back over the photo a strip of rows at a time, so the photo is not made for it either.
 """
 from functools import lru_cache
 
@@ -109,7 +113,7 @@ class GuardedPhoto:
         return guarded
 
     def probed(self):
-        """This photo as the leaf of a gradient taken at its pixels (pixel_gradient): each resize made of it is
+        """This photo as the leaf of a gradient taken at its pixels (mean_abs_gradient): each resize made of it is
         recorded, a tensor of its own that the gradient reaches."""
         probe = self.perturbed(self.delta)
         probe.resizes = []
@@ -122,20 +126,24 @@ class GuardedPhoto:
         times the band of rows of (d value / d R(I_adv)) R_w it reads: never at the photo's size."""
         grads = torch.autograd.grad(value, [made for _, _, made in self.resizes], retain_graph=retain_graph,
                                     allow_unused=True)
-        read = [(cast(transposed(rows), G.dtype, G.device), row_reach(transposed(rows)), G @ cast(columns, G.dtype,
-                 G.device)) for (rows, columns, _), G in zip(self.resizes, grads) if G is not None and rows is not None]
-        fidelity = [2 * G / self.I_src.numel() for (rows, _, _), G in zip(self.resizes, grads)
-                    if G is not None and rows is None]
+        spread, fidelity = [], []  # per resize: R_h^T, the reach of its rows, (d value / d R(I_adv)) R_w
+        for (rows, columns, _), G in zip(self.resizes, grads):
+            if G is not None and rows is None:
+                fidelity.append(2 * G / self.I_src.numel())
+            elif G is not None:
+                R_t, X = transposed(rows), G[0] @ cast(columns, G.dtype, G.device)  # (H0, n_h), (3, n_h, W0)
+                spread.append((cast(R_t, G.dtype, G.device), row_reach(R_t), X.transpose(0, 1).flatten(1)))
         photo = self.photo() if fidelity else None
-        total = 0.0
-        for top in range(0, self.shape[-2], strip):
-            part = self.I_src.new_zeros(*self.shape[:-2], min(strip, self.shape[-2] - top), self.shape[-1])
-            for R_t, (first, last), X in read:  # R_t (H0, n_h): R_h^T; X (1, 3, n_h, W0)
-                a, b = int(first[top:top + strip].min()), int(last[top:top + strip].max()) + 1
+        (C, height, width), total = self.shape[1:], 0.0
+        for top in range(0, height, strip):
+            rows = slice(top, top + strip)
+            part = self.I_src.new_zeros(min(strip, height - top), C * width)  # (rows, C W0): the channels side by side
+            for R_t, (first, last), X in spread:  # X (n_h, C W0)
+                a, b = int(first[rows].min()), int(last[rows].max()) + 1
                 if a < b:
-                    part += R_t[top:top + strip, a:b] @ X[..., a:b, :]
+                    part.addmm_(R_t[rows, a:b], X[a:b])
             for c in fidelity:
-                part += c * (photo[..., top:top + strip, :] - self.I_src[..., top:top + strip, :])
+                part.view(-1, C, width).add_((c * (photo[0, :, rows] - self.I_src[0, :, rows])).transpose(0, 1))
             total += part.abs_().sum().item()
         return total / self.I_src.numel()
 
