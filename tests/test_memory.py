@@ -28,14 +28,16 @@ def flags(model, *more):
     return args
 
 
-WORKSPACE_KERNELS = ("aten::slow_conv3d_forward", "aten::slow_conv3d_backward")
+WORKSPACE_KERNELS = ("aten::slow_conv3d_forward", "aten::slow_conv3d_backward", "aten::mkldnn_convolution")
 
 
 def allocator_peak(work):
     """The peak bytes the CPU allocator holds while `work()` runs, from the profiler's record of every allocation
-    and release (independent of the dispatch-level counting the estimate uses). What the CPU's 3-D convolution
-    allocates and releases inside itself (its column buffers, a kernel's own workspace, which the estimate leaves
-    out: plumbing/memory.py) is not part of a peak; what it leaves allocated is, at its end."""
+    and release (independent of the dispatch-level counting the estimate uses). What the CPU's convolutions allocate
+    and release inside themselves (a kernel's own workspace, which the estimate leaves out: plumbing/memory.py) is
+    not part of a peak; what they leave allocated is, at their end. The 3-D convolution's are its column buffers;
+    oneDNN's 2-D one has buffers of its own (inside the JND's convolution of a strip of a 512x512 photo the
+    allocator held 18.5 MB, where the run's tensors were at most 12.2 MB, for tiny CogVideoX)."""
     with tp.profile(activities=[tp.ProfilerActivity.CPU], profile_memory=True) as profile:
         work()
     events = profile.profiler.kineto_results.events()
@@ -55,7 +57,8 @@ def allocator_peak(work):
 def test_estimate_equals_the_cpu_allocators_peak(model, modes):
     """The estimate attack.py makes before loading, against the same run on the CPU: loading, V_0, the calibration,
     two iterations and the video check, with and without --low-memory (each model in one mode at least, to keep the
-    suite short)."""
+    suite short); within 10% of what the run holds beyond its weights (stricter than 10% of the whole: the weights
+    are up to 60% of a tiny model's run)."""
     args = flags(model)
     photo = (512, 512)  # examples/astronaut.png's
     run = rehearsal(protect, args, selected_terms(), photo)
@@ -66,8 +69,8 @@ def test_estimate_equals_the_cpu_allocators_peak(model, modes):
             pipeline.low_memory(mode)
             run(pipeline)
         measured = allocator_peak(whole_run)
-        assert abs(estimates[mode] - measured) <= 0.1 * measured, (model, mode, estimates[mode], measured)
-        assert estimates[mode] > 2 * weights  # the activations, not the weights, are what is compared
+        beyond_weights = measured - weights  # what the run holds beyond its weights: what the estimate may get wrong
+        assert abs(estimates[mode] - measured) <= 0.1 * beyond_weights, (model, mode, estimates[mode], measured)
 
 
 def test_no_phase_keeps_the_one_before():
