@@ -147,11 +147,12 @@ class GuardedPhoto:
             total += part.abs_().sum().item()
         return total / self.I_src.numel()
 
-    def operator(self, key, R_h, R_w, share):
-        """(K, first_h, first_w) for the resize R_h, R_w of the perturbation, made once."""
+    def operator(self, key, R_h, R_w, power=1):
+        """(K, first_h, first_w) for the resize R_h, R_w of the perturbation with the share m to this power, made
+        once (m^power is a photo-size tensor: made only then)."""
         if key not in self.made:
             with torch.no_grad():
-                self.made[key] = (R_h, R_w), banded_operator(R_h, self.U_h, share[0, 0], R_w, self.U_w)
+                self.made[key] = (R_h, R_w), banded_operator(R_h, self.U_h, self.share[0, 0] ** power, R_w, self.U_w)
         return self.made[key][1]
 
     def resized(self, rows, columns):
@@ -163,7 +164,7 @@ class GuardedPhoto:
         source = self.made[key][1]
         if self.delta is None:
             return source
-        K, first_h, first_w = self.operator(("K", id(rows), id(columns)), rows, columns, self.share)
+        K, first_h, first_w = self.operator(("K", id(rows), id(columns)), rows, columns)
         resized = source + apply(K, first_h, first_w, self.delta[0].to(K))[None].to(source)
         return resized if self.resizes is None else self.recorded(rows, columns, resized)
 
@@ -178,7 +179,7 @@ class GuardedPhoto:
         G = U^T m^2 U the perturbation's Gram operator."""
         if self.delta is None:
             return self.I_src.new_zeros(())
-        G, first_h, first_w = self.operator("gram", transposed(self.U_h), transposed(self.U_w), self.share ** 2)
+        G, first_h, first_w = self.operator("gram", transposed(self.U_h), transposed(self.U_w), power=2)
         delta = self.delta[0].to(G)
         distance = (delta * apply(G, first_h, first_w, delta)).sum() / self.I_src.numel()
         return distance if self.resizes is None else self.recorded(None, None, distance)
