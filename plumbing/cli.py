@@ -403,7 +403,7 @@ def busy_cores(cores, seconds=0.1):
         before = cpu_ticks(cores)
         time.sleep(seconds)
         after = cpu_ticks(cores)
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):  # not Linux, or a /proc/stat of another shape
         return os.getloadavg()[0]
     busy, every = (a - b for a, b in zip(after, before))
     return len(cores) * busy / every if every else 0.0
