@@ -19,9 +19,14 @@ import torch  # noqa: E402
 from plumbing.cli import choose_threads  # noqa: E402
 
 # As the commands do: a thread per free core, one when the machine is busy, where threads waiting for each
-# other made the suite several times slower. Under pytest-xdist (-n) the cores are shared among its workers.
+# other made the suite several times slower. Under pytest-xdist (-n) the cores are shared among its workers, and
+# the commands the tests run (in this process or their own) keep that share: they leave OMP_NUM_THREADS's alone,
+# where a look at the cores busy now could catch the other workers idle for a moment.
 workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
-choose_threads(max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else None)
+if workers > 1:
+    os.environ["OMP_NUM_THREADS"] = str(choose_threads(max(1, len(os.sched_getaffinity(0)) // workers)))
+else:
+    choose_threads()
 
 
 @pytest.fixture(autouse=True)
