@@ -21,21 +21,12 @@ The calibration of Eq. 4's weights needs each term's mean |gradient| at the phot
 over the resizes of R_h^T (d L / d R(I_adv)) R_w: a probed() photo records its resizes, and mean_abs_gradient spreads
 their gradients back over the photo a strip of rows at a time, so the photo is not made for it either.
 """
-from functools import lru_cache
-
 import torch
 
-from pipelines.resize import blocks, cast, placed_matrix, product, separable, transposed, upsampled_onto
+from pipelines.resize import (blocks, cast, placed_matrix, product, reach, separable, spans, transposed,
+                              upsampled_onto)
 
 STRIP = 128  # the photo's rows of one strip of the gradient at its pixels (GuardedPhoto.mean_abs_gradient)
-
-
-def reach(M):
-    """(first, last) nonzero column of each row of M (n, m); (m, -1) for a row of zeros."""
-    nonzero = M != 0
-    first = torch.where(nonzero.any(1), nonzero.byte().argmax(1), M.shape[1])
-    last = torch.where(nonzero.any(1), M.shape[1] - 1 - nonzero.flip(1).byte().argmax(1), -1)
-    return first, last
 
 
 def coupled(R, U, like):
@@ -52,8 +43,7 @@ def coupled(R, U, like):
     first = first.clamp(max=U.shape[1] - k)  # a window of k within the grid; what it holds beyond a row's reach is 0
     columns = (first[:, None] + torch.arange(k)).flatten()  # (n k,)
     A = cast(R, like.dtype, like.device).repeat_interleave(k, 0) * cast(U, like.dtype, like.device).T[columns]
-    rows = [(int(a), int(b) + 1) if b >= 0 else None for a, b in zip(y_first, y_last)]
-    return A, blocks([row for row in rows for _ in range(k)]), first, k
+    return A, blocks([row for row in spans(y_first, y_last) for _ in range(k)]), first, k
 
 
 def banded_operator(R_h, U_h, m, R_w, U_w):
@@ -85,12 +75,6 @@ def mean_abs_gradient(value, I, retain_graph=False):
     if torch.is_tensor(I):
         return torch.autograd.grad(value, I, retain_graph=retain_graph)[0].abs_().mean().item()
     return I.mean_abs_gradient(value, retain_graph)
-
-
-@lru_cache(maxsize=64)
-def row_reach(matrix):
-    """reach() of a cached matrix, made once."""
-    return reach(matrix)
 
 
 class GuardedPhoto:
@@ -132,7 +116,7 @@ class GuardedPhoto:
                 fidelity.append(2 * G / self.I_src.numel())
             elif G is not None:
                 R_t, X = transposed(rows), G[0] @ cast(columns, G.dtype, G.device)  # (H0, n_h), (3, n_h, W0)
-                spread.append((cast(R_t, G.dtype, G.device), row_reach(R_t), X.transpose(0, 1).flatten(1)))
+                spread.append((cast(R_t, G.dtype, G.device), reach(R_t), X.transpose(0, 1).flatten(1)))
         photo = self.photo() if fidelity else None
         (C, height, width), total = self.shape[1:], 0.0
         for top in range(0, height, strip):

@@ -82,12 +82,25 @@ def placed_matrix(n, m, offset, total, mode):
 
 
 @lru_cache(maxsize=128)
+def reach(matrix):
+    """(first, last) nonzero column of each row of a (m, n) matrix; (n, -1) for a row of zeros."""
+    nonzero = matrix != 0
+    first = torch.where(nonzero.any(1), nonzero.byte().argmax(1), matrix.shape[1])
+    last = torch.where(nonzero.any(1), matrix.shape[1] - 1 - nonzero.flip(1).byte().argmax(1), -1)
+    return first, last
+
+
+def spans(first, last):
+    """Each row's (first input, end input) from reach(), or None for a row of zeros (it reads nothing)."""
+    return [(int(a), int(b) + 1) if b >= 0 else None for a, b in zip(first, last)]
+
+
+@lru_cache(maxsize=128)
 def bands(matrix):
     """[(rows, first input, end input)]: a (m, n) matrix's rows in consecutive blocks, each with the inputs it reads;
     a block grows while what it reads stays within twice the widest row's reach, so that little of each product
     multiplies zeros."""
-    return blocks([(int(read[0]), int(read[-1]) + 1) if len(read) else None  # a zero row reads nothing
-                   for read in (row.nonzero().flatten() for row in matrix)])
+    return blocks(spans(*reach(matrix)))
 
 
 def blocks(reach):

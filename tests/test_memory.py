@@ -1,9 +1,9 @@
-"""The whole run's memory, estimated before loading (plumbing/memory.py): the estimate on the meta device equals, within
-10%, the peak the CPU allocator measures for the same run with the same tiny networks, for every model (SVD in
-both modes, the others in one each); no phase keeps what the one before it made (a calibration draw its
-predecessor's graph, an iteration the last's); the mode is the lightest that fits in the free memory, said in one
-line, and where none fits the run is refused in one line before any weights are read; --eot's transformations
-rehearse, and a run that cannot be rehearsed takes the lighter mode."""
+"""The whole run's memory, estimated before loading (plumbing/memory.py): the estimate on the meta device equals the
+peak the CPU allocator measures for the same run with the same tiny networks, within 10% of what the run holds beyond
+its weights, for every model (SVD in both modes, the others in one each); no phase keeps what the one before it made
+(a calibration draw its predecessor's graph, an iteration the last's); the mode is the lightest that fits in the free
+memory, said in one line, and where none fits the run is refused in one line before any weights are read; --eot's
+transformations rehearse, and a run that cannot be rehearsed takes the lighter mode."""
 import bisect
 import math
 
