@@ -66,8 +66,8 @@ def test_the_fidelity_term_is_the_mean_over_the_photo():
 @pytest.mark.parametrize("name, size, shape", [("toy", (64, 64), (200, 300)), *CASES[1:]])
 def test_the_calibration_reads_the_gradient_at_the_photos_pixels(name, size, shape):
     """calibrate on the photo made lazily gives the weights it gives on the photo made whole (all four terms, the
-    fidelity term's included), in both memory modes for the toy: float32, so within 1e-4 (L_att's gradient is the most
-    sensitive to the routes' rounding: 4e-5 for tiny-wan)."""
+    fidelity term's included), in both memory modes for tiny CogVideoX: float32, so within 1e-4 (L_att's gradient is
+    the most sensitive to the routes' rounding: 4e-5 for tiny-wan)."""
     model = load_pipeline(name, "cpu", torch.float32, size=size)
     I_src, share = photo_and_share(shape)
     box = model.seen_box(shape, size)
@@ -78,7 +78,7 @@ def test_the_calibration_reads_the_gradient_at_the_photos_pixels(name, size, sha
     objective = Objective(model, I_src, terms, num_frames=5, size=size, tau1=0.5, tau2=0.5,
                           attn_blocks=model.default_attn_blocks(), sample_steps=2, seed=0, source=guarded)
     factors = {"img": 1.0, "enc": 1.0, "con": 1.0, "att": 1.0}
-    for low in (False, True) if name == "toy" else (False,):
+    for low in (False, True) if name == "tiny-cogvideox" else (False,):
         model.low_memory(low)
         lazy = calibrate(objective, guarded.perturbed(delta), factors, draws=2)[1]["mean_abs_grad"]
         whole = calibrate(objective, guarded.perturbed(delta).photo(), factors, draws=2)[1]["mean_abs_grad"]
